@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# ffmpeg from Debian when missing, then the pinned Python packages into .venv/ (idempotent:
+# the stamp is rebuilt only when requirements.txt changes).
+$(STAMP): requirements.txt
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m pipeline.demo --output $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+bench: setup
+	$(PY) bench/pipeline.py --videos ../shared/data/videos
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,225 @@
+"""Shard format version 1: one WebDataset sample per segment (SPEC.md section 3).
+
+Members of a sample with key `{video_id}-{segment:04d}`:
+  flac        the segment's audio, mono 22050 Hz 16-bit FLAC
+  {head}.npy  float16 [num_frames, num_classes], one probability row per teacher frame
+  json        SampleMetadata
+
+`encode_sample` and `decode_sample` are the only code that turns samples into tar members and
+back; the pipeline, trainer and eval all go through them. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+SCHEMA_VERSION = 1
+SAMPLE_RATE = 22050
+AUDIO_MEMBER = "flac"
+METADATA_MEMBER = "json"
+PROBS_DTYPE = np.float16
+# float16 rows sum to 1 only within rounding of up to ~1000 entries
+ROW_SUM_TOLERANCE = 1e-2
+
+_KEY_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
+_HEAD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class SampleError(ValueError):
+    """A sample does not follow the shard format; the message names the sample and the problem."""
+
+
+def make_video_id(uri: str, explicit_id: str | None = None) -> str:
+    """A key-safe, stable id: the manifest's id, or the file stem plus a digest of the URI.
+
+    The digest keeps ids unique when two directories hold files of the same name; ids only use
+    [A-Za-z0-9_-] so that keys never contain dots or path separators.
+    """
+    if explicit_id:
+        cleaned = _UNSAFE_ID_CHARS.sub("_", explicit_id).strip("_")
+        if not cleaned:
+            raise SampleError(f"id {explicit_id!r} has no usable characters")
+        return cleaned
+    stem = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = _UNSAFE_ID_CHARS.sub("_", stem).strip("_")[:64] or "video"
+    digest = hashlib.sha1(uri.encode("utf-8")).hexdigest()[:8]
+    return f"{stem}_{digest}"
+
+
+def sample_key(video_id: str, segment: int) -> str:
+    key = f"{video_id}-{segment:04d}"
+    if not _KEY_CHARS.match(key):
+        raise SampleError(f"sample key {key!r} may only use letters, digits, '_' and '-'")
+    return key
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    video_id, _, segment = key.rpartition("-")
+    if not video_id or not segment.isdigit():
+        raise SampleError(f"sample key {key!r} is not '{{video_id}}-{{segment:04d}}'")
+    return video_id, int(segment)
+
+
+def check_head_name(head: str) -> str:
+    if not _HEAD_NAME.match(head):
+        raise SampleError(f"head name {head!r} must match {_HEAD_NAME.pattern} (no dots)")
+    return head
+
+
+def probs_member(head: str) -> str:
+    return f"{check_head_name(head)}.npy"
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What produced one head's distributions."""
+
+    teacher: str  # e.g. "efficientnet_lite0", "places365_resnet18"
+    weights_sha256: str
+    label_set: str  # e.g. "imagenet1k", "places365"
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class SampleMetadata:
+    video_id: str
+    source: str
+    segment: int
+    start_s: float
+    duration_s: float
+    num_samples: int
+    frame_times_s: list[float]  # relative to the video's start, one per teacher frame
+    heads: dict[str, HeadInfo]
+    sample_rate: int = SAMPLE_RATE
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.video_id, self.segment)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str, where: str = "sample") -> SampleMetadata:
+        try:
+            raw = json.loads(data)
+            if raw.get("schema_version") != SCHEMA_VERSION:
+                raise SampleError(
+                    f"{where}: schema_version {raw.get('schema_version')!r}, "
+                    f"this code reads {SCHEMA_VERSION}"
+                )
+            heads = {name: HeadInfo(**info) for name, info in raw.pop("heads").items()}
+            return cls(heads=heads, **raw)
+        except SampleError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise SampleError(f"{where}: metadata JSON does not match the schema: {err}") from err
+
+
+@dataclass
+class Sample:
+    """A decoded sample. `audio` is int16 [num_samples]; `probs[head]` float [num_frames, C]."""
+
+    key: str
+    audio: np.ndarray
+    probs: dict[str, np.ndarray]
+    metadata: SampleMetadata
+
+
+def validate_sample(sample: Sample) -> Sample:
+    meta, where = sample.metadata, sample.key
+    if meta.key != sample.key:
+        raise SampleError(f"{where}: key does not match metadata ({meta.key!r})")
+    if meta.sample_rate != SAMPLE_RATE:
+        raise SampleError(f"{where}: sample_rate {meta.sample_rate}, expected {SAMPLE_RATE}")
+    if sample.audio.ndim != 1 or len(sample.audio) != meta.num_samples:
+        raise SampleError(
+            f"{where}: audio has shape {sample.audio.shape}, metadata says {meta.num_samples}"
+        )
+    if set(sample.probs) != set(meta.heads):
+        raise SampleError(f"{where}: heads {sorted(sample.probs)} != metadata {sorted(meta.heads)}")
+    num_frames = len(meta.frame_times_s)
+    if num_frames < 1:
+        raise SampleError(f"{where}: no teacher frames")
+    for head, probs in sample.probs.items():
+        info = meta.heads[head]
+        if probs.shape != (num_frames, info.num_classes):
+            raise SampleError(
+                f"{where}: {head} has shape {probs.shape}, expected ({num_frames}, {info.num_classes})"
+            )
+        p = probs.astype(np.float32)
+        if not np.all(np.isfinite(p)) or p.min() < 0:
+            raise SampleError(f"{where}: {head} has negative or non-finite probabilities")
+        if np.abs(p.sum(axis=1) - 1).max() > ROW_SUM_TOLERANCE:
+            raise SampleError(f"{where}: {head} rows do not sum to 1")
+    return sample
+
+
+def encode_sample(sample: Sample) -> dict[str, Any]:
+    """Sample -> WebDataset dict ({'__key__': key, member: bytes}) after validation."""
+    validate_sample(sample)
+    audio = np.asarray(sample.audio)
+    if audio.dtype != np.int16:
+        raise SampleError(f"{sample.key}: audio must be int16, got {audio.dtype}")
+    flac = io.BytesIO()
+    sf.write(flac, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    members: dict[str, Any] = {
+        "__key__": sample.key,
+        AUDIO_MEMBER: flac.getvalue(),
+        METADATA_MEMBER: sample.metadata.to_json(),
+    }
+    for head, probs in sorted(sample.probs.items()):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(probs, dtype=PROBS_DTYPE), allow_pickle=False)
+        members[probs_member(head)] = buf.getvalue()
+    return members
+
+
+def decode_audio(flac: bytes, where: str = "sample") -> np.ndarray:
+    """FLAC bytes -> int16 mono samples at SAMPLE_RATE."""
+    try:
+        audio, rate = sf.read(io.BytesIO(flac), dtype="int16", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise SampleError(f"{where}: unreadable FLAC: {err}") from err
+    if rate != SAMPLE_RATE or audio.ndim != 1:
+        raise SampleError(f"{where}: audio is {rate} Hz with shape {audio.shape}, expected mono")
+    return audio
+
+
+def decode_npy(data: bytes, where: str = "sample") -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as err:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+        raise SampleError(f"{where}: refused or unreadable .npy member: {err}") from err
+
+
+def decode_sample(members: dict[str, Any], audio: bool = True) -> Sample:
+    """WebDataset dict of raw bytes -> validated Sample. `audio=False` skips FLAC decoding."""
+    key = members.get("__key__", "?")
+    if METADATA_MEMBER not in members:
+        raise SampleError(f"{key}: no '{METADATA_MEMBER}' member")
+    meta = SampleMetadata.from_json(members[METADATA_MEMBER], where=key)
+    probs = {}
+    for head in meta.heads:
+        name = probs_member(head)
+        if name not in members:
+            raise SampleError(f"{key}: no '{name}' member")
+        probs[head] = decode_npy(members[name], where=f"{key}.{name}")
+    if audio:
+        if AUDIO_MEMBER not in members:
+            raise SampleError(f"{key}: no '{AUDIO_MEMBER}' member")
+        wave = decode_audio(members[AUDIO_MEMBER], where=key)
+    else:
+        wave = np.zeros(meta.num_samples, dtype=np.int16)
+    return validate_sample(Sample(key=key, audio=wave, probs=probs, metadata=meta))
