@@ -71,7 +71,9 @@ def validate_table(table: pa.Table, schema: pa.Schema, what: str = "table") -> p
     if required_missing:
         raise SchemaError(f"{what}: missing column(s) {required_missing}")
     for name in missing:  # optional columns may be absent: add them as nulls
-        table = table.append_column(schema.field(name), pa.nulls(len(table), schema.field(name).type))
+        table = table.append_column(
+            schema.field(name), pa.nulls(len(table), schema.field(name).type)
+        )
     table = table.select(schema.names)
     try:
         table = table.cast(schema)

@@ -1,0 +1,18 @@
+"""The one exception an input's processing raises: it becomes one row of failures.parquet."""
+
+from __future__ import annotations
+
+from schemas import STAGES
+
+
+class InputError(Exception):
+    """An input cannot be processed. `stage` is one of schemas.STAGES; the message says why
+    in words a person understands (it is written to failures.parquet as is)."""
+
+    def __init__(self, stage: str, message: str, error_type: str | None = None):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.error_type = error_type or type(self).__name__

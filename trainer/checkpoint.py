@@ -1,0 +1,69 @@
+"""Our checkpoint format: a plain dict of tensors and Python primitives, so that it loads with
+`torch.load(path, weights_only=True)` (nothing is unpickled), written atomically.
+
+    {"format": "soundnet-checkpoint", "version": 1,
+     "arch": "soundnet8", "heads": {"objects": 1000}, "labels": {"objects": [...names]},
+     "model": state_dict, "step": int, ...trainer state (optimizer, rng, config)}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from schemas.io import atomic_path
+from trainer.model import SoundNet, build_model
+
+FORMAT = "soundnet-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read; the message names the file and the problem."""
+
+
+def save_checkpoint(
+    path: str | Path, model: SoundNet, arch: str, labels: dict[str, list[str]], **state: Any
+) -> None:
+    """Write model + metadata + any extra trainer state atomically (write, then rename)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "heads": dict(model.head_sizes),
+        "labels": {h: list(names) for h, names in labels.items()},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (weights_only=True) and check that it is ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for torn, foreign or pickled files
+        raise CheckpointError(
+            f"{path}: not a readable SoundNet checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no details'})"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a SoundNet checkpoint (no format={FORMAT!r} field)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload.get('version')}, expected {VERSION}"
+        )
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> SoundNet:
+    """Build the architecture the checkpoint names and load its weights (eval mode)."""
+    model = build_model(payload["arch"], payload["heads"])
+    model.load_state_dict(payload["model"])
+    return model.eval()
