@@ -75,13 +75,13 @@ def validate_table(table: pa.Table, schema: pa.Schema, what: str = "table") -> p
             schema.field(name), pa.nulls(len(table), schema.field(name).type)
         )
     table = table.select(schema.names)
-    try:
-        table = table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise SchemaError(f"{what}: column types do not match the schema: {err}") from err
     for field in schema:
         if not field.nullable and table.column(field.name).null_count:
             raise SchemaError(f"{what}: column {field.name!r} has empty values")
+    try:
+        table = table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+        raise SchemaError(f"{what}: column types do not match the schema: {err}") from err
     if "stage" in schema.names:
         bad = set(table.column("stage").to_pylist()) - set(STAGES)
         if bad:

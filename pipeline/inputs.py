@@ -1,0 +1,139 @@
+"""Turn `--input` into the run's ordered list of videos.
+
+`--input` is a directory (searched recursively for media files), a glob, a text file of URIs
+(one a line, `#` comments), or a CSV/Parquet manifest with a `uri` column and an optional `id`.
+Local paths always; gs://, s3://, http(s):// through Beam's FileSystems when their extras are
+installed. The order is deterministic, so that a rerun assigns every video to the same shard.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas import MANIFEST_SCHEMA, make_video_id, validate_table
+
+MEDIA_EXTENSIONS = frozenset(
+    "3gp 3g2 asf avi flv m2ts m4v mkv mov mp4 mpeg mpg mts mxf ogv ts vob webm wmv".split()
+)
+LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One input video and where its samples go."""
+
+    uri: str
+    video_id: str
+    order: int  # position in the run's input list; orders samples within a shard
+    shard_id: int
+
+
+class InputListError(ValueError):
+    """`--input` itself cannot be read (as opposed to one bad video, which is a failures row)."""
+
+
+def is_media_name(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS if "." in name else False
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _list_directory(root: str) -> list[str]:
+    if _is_remote(root):
+        pattern = root.rstrip("/") + "/**"
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list
+                      if is_media_name(m.path))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        # A directory named like a video is listed too, so it becomes a failures row, not a
+        # silent omission.
+        found += [os.path.join(dirpath, d) for d in dirnames if is_media_name(d)]
+        found += [os.path.join(dirpath, f) for f in filenames if is_media_name(f)]
+        dirnames[:] = [d for d in dirnames if not is_media_name(d) and not d.startswith(".")]
+    return sorted(os.path.abspath(p) for p in found)
+
+
+def _glob(pattern: str) -> list[str]:
+    matches = FileSystems.match([pattern])[0].metadata_list
+    return sorted(m.path if _is_remote(m.path) else os.path.abspath(m.path) for m in matches)
+
+
+def _resolve(entry: str, base: str) -> str:
+    """List entries may be relative to the list file's directory."""
+    if _is_remote(entry) or os.path.isabs(entry) or _is_remote(base):
+        return entry
+    return os.path.abspath(os.path.join(os.path.dirname(base), entry))
+
+
+def _read_text_list(path: str) -> list[tuple[str, str | None]]:
+    with FileSystems.open(path) as f:
+        lines = f.read().decode("utf-8").splitlines()
+    entries = [line.strip() for line in lines]
+    return [(_resolve(e, path), None) for e in entries if e and not e.startswith("#")]
+
+
+def _read_manifest(path: str) -> list[tuple[str, str | None]]:
+    try:
+        with FileSystems.open(path) as f:
+            if path.lower().endswith(".parquet"):
+                table = pq.read_table(f)
+            else:
+                table = pacsv.read_csv(f)
+    except Exception as err:
+        raise InputListError(f"{path}: cannot read the manifest: {err}") from err
+    table = validate_table(table, MANIFEST_SCHEMA, what=path)
+    ids = table.column("id").to_pylist()
+    return [(_resolve(u, path), i) for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)]
+
+
+def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
+    """(uri, explicit id or None) for every input named by `spec`, in a deterministic order."""
+    lower = spec.lower()
+    is_glob = any(c in spec for c in GLOB_CHARS)
+    if not _is_remote(spec) and not is_glob and not Path(spec).exists():
+        raise InputListError(f"--input {spec!r} does not exist")
+    if is_glob:
+        entries = [(u, None) for u in _glob(spec)]
+    elif lower.endswith((".csv", ".parquet")):
+        entries = _read_manifest(spec)
+    elif os.path.splitext(lower)[1] in LIST_EXTENSIONS:
+        entries = _read_text_list(spec)
+    elif (not _is_remote(spec) and os.path.isdir(spec)) or spec.endswith("/"):
+        entries = [(u, None) for u in _list_directory(spec)]
+    elif is_media_name(spec):
+        entries = [(spec if _is_remote(spec) else os.path.abspath(spec), None)]
+    else:
+        raise InputListError(
+            f"--input {spec!r}: not a directory, glob, .txt list, CSV/Parquet manifest or media file"
+        )
+    return entries
+
+
+def plan_tasks(entries: list[tuple[str, str | None]], videos_per_shard: int) -> list[VideoTask]:
+    """Assign ids and shards. Duplicate URIs are kept once; duplicate ids are an error."""
+    if videos_per_shard < 1:
+        raise ValueError("videos_per_shard must be >= 1")
+    seen_uris: set[str] = set()
+    tasks: list[VideoTask] = []
+    owners: dict[str, str] = {}
+    for uri, explicit_id in entries:
+        if uri in seen_uris:
+            continue
+        seen_uris.add(uri)
+        video_id = make_video_id(uri, explicit_id)
+        if video_id in owners:
+            raise InputListError(f"id {video_id!r} is given to both {owners[video_id]} and {uri}")
+        owners[video_id] = uri
+        order = len(tasks)
+        tasks.append(VideoTask(uri, video_id, order, order // videos_per_shard))
+    return tasks

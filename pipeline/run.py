@@ -1,0 +1,209 @@
+"""Videos -> WebDataset shards of audio + teacher distributions.
+
+    python -m pipeline.run --runner=DirectRunner --input=VIDEOS --output=OUT [beam options]
+
+The driver lists the inputs and plans shards, the Beam pipeline does the per-video work, and
+the driver merges the finished shards' rows into index.parquet / failures.parquet and writes
+labels/ and run.json. Rerunning over the same output finishes what a killed run left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import writer
+from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
+from pipeline.options import SoundNetOptions
+from pipeline.segments import SegmentPlan
+from pipeline.teachers import TeacherError, describe_teacher
+from pipeline.transforms import (
+    FAILED,
+    FRAMES,
+    DecodeVideos,
+    LabelFrames,
+    TeacherSpec,
+    WriteShards,
+    WriteVideoParts,
+)
+from schemas import RUN_FILE, SCHEMA_VERSION, HeadInfo, format_labels, labels_path
+
+log = logging.getLogger("pipeline")
+
+
+def teacher_specs(opts: SoundNetOptions) -> list[TeacherSpec]:
+    """The heads this run labels, with their label names and weight digests (checked up front,
+    so that a missing weights file stops the run before any video is touched)."""
+    wanted = [("objects", opts.objects_teacher, opts.objects_weights, None),
+              ("scenes", opts.scenes_teacher, opts.scenes_weights, opts.scenes_labels)]
+    specs = []
+    for head, name, weights, labels in wanted:
+        if not name or name.lower() == "none":
+            continue
+        desc = describe_teacher(head, name, weights, labels)
+        info = HeadInfo(teacher=desc.name, weights_sha256=desc.weights_sha256,
+                        label_set=desc.label_set, num_classes=len(desc.labels))
+        specs.append(TeacherSpec(head, name, weights, labels, info, tuple(desc.labels)))
+    if not specs:
+        raise TeacherError("no teacher: give --objects-teacher and/or --scenes-teacher")
+    return specs
+
+
+def run_config(opts: SoundNetOptions, plan: SegmentPlan, specs: list[TeacherSpec],
+               tasks: list[VideoTask]) -> dict:
+    """What decides the output's content; a rerun over the same output must match it."""
+    listing = "\n".join(f"{t.uri}\t{t.video_id}" for t in tasks).encode()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "segment_seconds": plan.segment_seconds,
+        "frame_interval": plan.frame_interval,
+        "min_segment_seconds": plan.min_segment_seconds,
+        "videos_per_shard": opts.videos_per_shard,
+        "heads": {s.head: [s.info.teacher, s.info.weights_sha256] for s in specs},
+        "inputs_sha256": hashlib.sha256(listing).hexdigest(),
+    }
+
+
+def check_or_record_config(output: str, config: dict) -> None:
+    path = writer.join(output, writer.PROGRESS_DIR, "config.json")
+    if writer.exists(path):
+        previous = json.loads(writer.read_bytes(path))
+        if previous != config:
+            changed = sorted(k for k in config if previous.get(k) != config[k])
+            raise InputListError(
+                f"{output} holds a run with different {', '.join(changed)}; "
+                "rerun with the same inputs and options, or use a new --output")
+        return
+    writer.write_atomic(path, json.dumps(config, indent=1, sort_keys=True).encode())
+
+
+def build_pipeline(p: beam.Pipeline, pending: list[VideoTask], ready: list[tuple[int, tuple]],
+                   opts: SoundNetOptions, plan: SegmentPlan, specs: list[TeacherSpec]) -> None:
+    decoded = (p | "Videos" >> beam.Create(pending)
+                 | "Spread" >> beam.Reshuffle()
+                 | "Decode" >> DecodeVideos(plan, opts.decode_timeout))
+    labelled, errors = {}, []
+    for spec in specs:
+        probs, errs = decoded[FRAMES] | f"Label[{spec.head}]" >> LabelFrames(
+            spec, opts.device, opts.teacher_batch_size)
+        labelled[spec.head] = probs
+        errors.append(errs)
+    teacher_errors = errors | "TeacherErrors" >> beam.Flatten()
+    parts = ((decoded.videos, labelled, teacher_errors)
+             | "WriteParts" >> WriteVideoParts(opts.output, {s.head: s.info for s in specs}))
+    reused = p | "ReusedParts" >> beam.Create(ready)
+    ((parts, decoded[FAILED], reused)
+     | "PerShard" >> beam.Flatten()
+     | "WriteShards" >> WriteShards(opts.output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = time.time()
+    options = PipelineOptions(argv)
+    opts = options.view_as(SoundNetOptions)
+    output = opts.output.rstrip("/")
+    opts.output = output
+    plan = SegmentPlan(opts.segment_seconds, opts.frame_interval, opts.min_segment_seconds)
+    try:
+        specs = teacher_specs(opts)
+        tasks = plan_tasks(read_input_entries(opts.input), opts.videos_per_shard)
+        check_or_record_config(output, run_config(opts, plan, specs, tasks))
+    except (InputListError, TeacherError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for spec in specs:
+        writer.write_atomic(str(labels_path(output, spec.head)),
+                            format_labels(list(spec.label_names)).encode())
+
+    # Resume: finished shards are skipped, finished videos of unfinished shards reused.
+    todo = [t for t in tasks if not writer.shard_done(output, t.shard_id)]
+    ready, pending = [], []
+    for t in todo:
+        part = writer.part_path(output, t.shard_id, t.video_id)
+        if writer.exists(part):
+            ready.append((t.shard_id, ("part", t.order, part)))
+        else:
+            pending.append(t)
+    log.info("%d inputs in %d shards: %d to decode, %d already decoded, %d in finished shards",
+             len(tasks), len({t.shard_id for t in tasks}), len(pending), len(ready),
+             len(tasks) - len(todo))
+    beam_started = time.time()
+    if todo:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, pending, ready, opts, plan, specs)
+    beam_seconds = time.time() - beam_started
+
+    index, failures = writer.merge_progress(output)
+    counts = summarize(tasks, index, failures)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "options": own_options(options),
+        "teachers": {s.head: s.info.__dict__ for s in specs},
+        "versions": versions(),
+        "counts": counts,
+        "timings": {"total_s": round(time.time() - started, 3),
+                    "pipeline_s": round(beam_seconds, 3)},
+    }
+    writer.write_atomic(writer.join(output, RUN_FILE),
+                        json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+    print_summary(counts, failures, output)
+    failed_fraction = counts["videos_failed"] / max(1, counts["videos"])
+    if failed_fraction > opts.max_failed_fraction:
+        print(f"error: {failed_fraction:.1%} of inputs failed, more than "
+              f"--max-failed-fraction={opts.max_failed_fraction:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def own_options(options: PipelineOptions) -> dict:
+    """The project's options plus the runner (Beam's full option set is mostly defaults)."""
+    parser = argparse.ArgumentParser()
+    SoundNetOptions._add_argparse_args(parser)
+    own = {a.dest for a in parser._actions} | {"runner"}
+    return {k: v for k, v in options.get_all_options().items() if k in own}
+
+
+def summarize(tasks: list[VideoTask], index, failures) -> dict:
+    durations = index.column("duration_s").to_pylist()
+    return {
+        "videos": len(tasks),
+        "videos_written": len(set(index.column("video_id").to_pylist())),
+        "videos_failed": failures.num_rows,
+        "samples": index.num_rows,
+        "shards": len(set(index.column("shard").to_pylist())),
+        "audio_hours": round(sum(durations) / 3600, 4),
+        "failures_by_stage": dict(Counter(failures.column("stage").to_pylist())),
+    }
+
+
+def versions() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "apache_beam": beam.__version__,
+            "torch": torch.__version__}
+
+
+def print_summary(counts: dict, failures, output: str) -> None:
+    print(f"{counts['videos']} videos: {counts['videos_written']} written as "
+          f"{counts['samples']} samples in {counts['shards']} shards "
+          f"({counts['audio_hours'] * 60:.1f} min of audio), {counts['videos_failed']} failed")
+    for row in failures.to_pylist()[:20]:
+        print(f"  failed [{row['stage']}] {row['message']}")
+    if failures.num_rows > 20:
+        print(f"  ... and {failures.num_rows - 20} more in {output}/failures.parquet")
+    print(f"output: {output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The shard format and table schemas: round trips, validation, refusal of unsafe content."""
+
+import io
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from schemas import (
+    FAILURES_SCHEMA,
+    INDEX_SCHEMA,
+    MANIFEST_SCHEMA,
+    HeadInfo,
+    Sample,
+    SampleError,
+    SampleMetadata,
+    SchemaError,
+    decode_sample,
+    encode_sample,
+    make_video_id,
+    parse_key,
+    read_table,
+    sample_key,
+    table_from_rows,
+    validate_table,
+    write_table,
+)
+
+
+def make_sample(frames=2, classes=5, seconds=1.0) -> Sample:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(classes), size=frames)
+    n = int(seconds * 22050)
+    meta = SampleMetadata(
+        video_id="clip_1234abcd", source="/videos/clip.mp4", segment=3, start_s=60.0,
+        duration_s=n / 22050, num_samples=n, frame_times_s=[62.5, 67.5][:frames],
+        heads={"objects": HeadInfo("efficientnet_lite0", "ab" * 32, "imagenet1k", classes)})
+    audio = (np.sin(np.arange(n) / 10) * 8000).astype(np.int16)
+    return Sample(key="clip_1234abcd-0003", audio=audio, probs={"objects": probs}, metadata=meta)
+
+
+def test_sample_round_trip_is_lossless_for_audio_and_float16_for_probs():
+    sample = make_sample()
+    members = encode_sample(sample)
+    assert set(members) == {"__key__", "flac", "objects.npy", "json"}
+    back = decode_sample(members)
+    assert back.metadata == sample.metadata
+    np.testing.assert_array_equal(back.audio, sample.audio)
+    assert back.probs["objects"].dtype == np.float16
+    np.testing.assert_allclose(back.probs["objects"], sample.probs["objects"], atol=1e-3)
+
+
+def test_invalid_samples_are_refused_with_the_key_in_the_message():
+    sample = make_sample()
+    sample.probs["objects"] = sample.probs["objects"] * 2
+    with pytest.raises(SampleError, match="clip_1234abcd-0003.*sum to 1"):
+        encode_sample(sample)
+    short = make_sample()
+    short.audio = short.audio[:100]
+    with pytest.raises(SampleError, match="audio has shape"):
+        encode_sample(short)
+    wrong_frames = make_sample()
+    wrong_frames.probs["objects"] = wrong_frames.probs["objects"][:1]
+    with pytest.raises(SampleError, match="shape"):
+        encode_sample(wrong_frames)
+
+
+def test_a_pickled_npy_member_is_refused_never_unpickled():
+    members = encode_sample(make_sample())
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    members["objects.npy"] = buf.getvalue()
+    with pytest.raises(SampleError, match="refused or unreadable"):
+        decode_sample(members)
+    members["json"] = pickle.dumps({"schema_version": 1})
+    with pytest.raises(SampleError):
+        decode_sample(members)
+
+
+def test_keys_are_safe_and_parse_back():
+    vid = make_video_id("/data/My Video.final (1).mp4")
+    assert "." not in vid and "/" not in vid and " " not in vid
+    assert vid.startswith("My_Video_final_1_")
+    assert make_video_id("/a/x.mp4") != make_video_id("/b/x.mp4")
+    assert make_video_id("/a/x.mp4", explicit_id="../../etc/passwd") == "etc_passwd"
+    assert parse_key(sample_key(vid, 12)) == (vid, 12)
+    with pytest.raises(SampleError):
+        sample_key("a.b", 0)
+    with pytest.raises(SampleError):
+        parse_key("nosegment")
+
+
+def test_tables_validate_and_round_trip(tmp_path):
+    rows = [{"key": "v-0000", "shard": "shard-000000.tar", "video_id": "v", "source": "/v.mp4",
+             "segment": 0, "start_s": 0.0, "duration_s": 20.0, "num_frames": 4}]
+    path = tmp_path / "index.parquet"
+    write_table(table_from_rows(rows, INDEX_SCHEMA), path, INDEX_SCHEMA)
+    assert read_table(path, INDEX_SCHEMA).to_pylist() == rows
+    assert not list(tmp_path.glob("*.tmp-*"))
+    with pytest.raises(SchemaError, match="missing column"):
+        validate_table(pa.table({"key": ["x"]}), INDEX_SCHEMA)
+    with pytest.raises(SchemaError, match="unknown stage"):
+        validate_table(table_from_rows(
+            [{"source": "a", "stage": "nowhere", "error_type": "E", "message": "m"}],
+            FAILURES_SCHEMA), FAILURES_SCHEMA)
+    manifest = validate_table(pa.table({"uri": ["a.mp4"]}), MANIFEST_SCHEMA)
+    assert manifest.column("id").to_pylist() == [None]
+    with pytest.raises(SchemaError, match="empty values"):
+        validate_table(pa.table({"uri": [None]}, schema=pa.schema([("uri", pa.string())])),
+                       MANIFEST_SCHEMA)
