@@ -93,7 +93,7 @@ def _read_manifest(path: str) -> list[tuple[str, str | None]]:
         raise InputListError(f"{path}: cannot read the manifest: {err}") from err
     table = validate_table(table, MANIFEST_SCHEMA, what=path)
     ids = table.column("id").to_pylist()
-    return [(_resolve(u, path), i) for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)]
+    return [(_resolve(u, path), i or None) for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)]
 
 
 def read_input_entries(spec: str) -> list[tuple[str, str | None]]:

@@ -25,7 +25,7 @@ from pipeline import writer
 from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
 from pipeline.options import SoundNetOptions
 from pipeline.segments import SegmentPlan
-from pipeline.teachers import TeacherError, describe_teacher
+from pipeline.teachers import TeacherError, teacher_info
 from pipeline.transforms import (
     FAILED,
     FRAMES,
@@ -35,7 +35,7 @@ from pipeline.transforms import (
     WriteShards,
     WriteVideoParts,
 )
-from schemas import RUN_FILE, SCHEMA_VERSION, HeadInfo, format_labels, labels_path
+from schemas import RUN_FILE, SCHEMA_VERSION, format_labels, labels_path
 
 log = logging.getLogger("pipeline")
 
@@ -49,10 +49,8 @@ def teacher_specs(opts: SoundNetOptions) -> list[TeacherSpec]:
     for head, name, weights, labels in wanted:
         if not name or name.lower() == "none":
             continue
-        desc = describe_teacher(head, name, weights, labels)
-        info = HeadInfo(teacher=desc.name, weights_sha256=desc.weights_sha256,
-                        label_set=desc.label_set, num_classes=len(desc.labels))
-        specs.append(TeacherSpec(head, name, weights, labels, info, tuple(desc.labels)))
+        desc = teacher_info(head, name, weights, labels)
+        specs.append(TeacherSpec(head, name, weights, labels, desc.head_info(), tuple(desc.labels)))
     if not specs:
         raise TeacherError("no teacher: give --objects-teacher and/or --scenes-teacher")
     return specs
@@ -107,7 +105,7 @@ def build_pipeline(p: beam.Pipeline, pending: list[VideoTask], ready: list[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     started = time.time()
     options = PipelineOptions(argv)
     opts = options.view_as(SoundNetOptions)
@@ -144,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     beam_seconds = time.time() - beam_started
 
     index, failures = writer.merge_progress(output)
+    writer.remove_empty_part_dirs(output)
     counts = summarize(tasks, index, failures)
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -164,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
               f"--max-failed-fraction={opts.max_failed_fraction:g}", file=sys.stderr)
         return 1
     return 0
+
+
+def setup_logging() -> None:
+    """Our progress lines at INFO on stderr; Beam's own chatter stays at its WARNING default."""
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def own_options(options: PipelineOptions) -> dict:

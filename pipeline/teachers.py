@@ -176,20 +176,21 @@ def load_teacher(
     name: str,
     weights: str | None = None,
     labels: str | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> Teacher:
     """Build a teacher with its weights loaded, in eval mode, on `device`."""
     info = teacher_info(head, name, weights, labels)
     spec = TEACHERS[name]
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise TeacherError(f"device {device!r} was asked for, but no CUDA device is usable here")
+    device = torch_device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TeacherError(f"device {device} was asked for, but no CUDA device is usable here")
     state_dict = clean_state_dict(_load_state_dict(info.weights_path, spec, head))
     model = spec.build()
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        # torch lists every mismatched key; the first lines are enough to see the cause
-        detail = "\n".join(str(e).splitlines()[:4])
+        # torch lists every mismatched key; the start is enough to see the cause
+        detail = str(e) if len(str(e)) <= 800 else str(e)[:800] + " ..."
         raise TeacherError(
             f"{info.weights_path} does not hold {spec.arch} weights with {spec.num_classes} "
             f"classes, as teacher {name!r} needs ({spec.what_to_get(head)}):\n{detail}"
@@ -197,6 +198,16 @@ def load_teacher(
     model.requires_grad_(False)
     model.eval().to(device)
     return Teacher(**vars(info), model=model)
+
+
+def torch_device(device: str | torch.device) -> torch.device:
+    """A torch device from "cpu", "cuda", "cuda:1", or Beam's spelling "GPU"."""
+    if isinstance(device, str) and device.lower() == "gpu":
+        device = "cuda"
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise TeacherError(f"unknown device {device!r} (use cpu, cuda or cuda:N): {e}") from None
 
 
 def preprocess(frames: np.ndarray, device: str | torch.device | None = None) -> torch.Tensor:
@@ -251,9 +262,10 @@ class TeacherModelHandler(PytorchModelHandlerTensor):
         max_batch_size: int | None = None,
         **kwargs: Any,
     ):
-        get_spec(name)  # an unknown name fails when the pipeline is built, not on a worker
+        # unknown names and devices fail when the pipeline is built, not on a worker
+        get_spec(name)
         super().__init__(
-            device="GPU" if torch.device(device).type == "cuda" else "CPU",
+            device="GPU" if torch_device(device).type == "cuda" else "CPU",
             inference_fn=teacher_probabilities,
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
@@ -272,7 +284,7 @@ class TeacherModelHandler(PytorchModelHandlerTensor):
     def load_model(self) -> torch.nn.Module:
         teacher = load_teacher(self.head, self.name, self.weights, self.labels, self.device)
         self._info = TeacherInfo(**{k: v for k, v in vars(teacher).items() if k != "model"})
-        self._device = torch.device(self.device)
+        self._device = next(teacher.model.parameters()).device
         return teacher.model
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -311,13 +323,16 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     "conv.2", ... where torchvision now says "norm1", "conv2".
     """
     return {
-        _DENSENET_OLD_KEY.sub(r"\1\2", k.replace("module.", "")): v for k, v in state_dict.items()
+        _DENSENET_OLD_KEY.sub(r"\1\2", _DATA_PARALLEL.sub("", k)): v for k, v in state_dict.items()
     }
 
 
-# the pattern torchvision's own densenet loader uses for the same renaming
+_DATA_PARALLEL = re.compile(r"(?<![^.])module\.")  # a whole "module." path component
+
+
+# torchvision's densenet loader renames with this pattern (num_batches_tracked added here)
 _DENSENET_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -374,7 +389,7 @@ def _read_labels(spec: TeacherSpec, head: str, weights: str, labels: str | None)
             raise TeacherError(
                 f"{PLACES365_CATEGORIES} is not beside {weights} (looked for {labels}): get it "
                 "from the CSAIL Places365 release (https://github.com/CSAILVision/places365) "
-                f"and put it there, or pass its path as the {head} labels file"
+                f"and put it there, or pass --{head}-labels=PATH"
             )
     try:
         with _open(labels) as f:

@@ -9,6 +9,7 @@ Every step routes an input it cannot process to the FAILED output as one failure
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -22,7 +23,9 @@ from pipeline.errors import InputError
 from pipeline.inputs import VideoTask
 from pipeline.segments import Segment, SegmentPlan, frame_times, plan_segments
 from pipeline.teachers import TeacherModelHandler
-from schemas import HeadInfo, Sample, SampleMetadata, sample_key
+from schemas import SAMPLE_RATE, HeadInfo, Sample, SampleMetadata, sample_key
+
+log = logging.getLogger("pipeline")
 
 FAILED = "failed"
 FRAMES = "frames"
@@ -89,6 +92,7 @@ class _DecodeVideoFn(beam.DoFn):
                                          timeout_s=self.timeout_s)
         except InputError as err:
             self.failed.inc()
+            log.info("failed [%s] %s", err.stage, err.message)
             yield pvalue.TaggedOutput(FAILED, failure(task, err))
             return
         except Exception as err:  # noqa: BLE001 - one bad input must never stop the run
@@ -132,10 +136,10 @@ class LabelFrames(beam.PTransform):
             head=self.spec.head, name=self.spec.name, weights=self.spec.weights,
             labels=self.spec.labels, device=self.device,
             min_batch_size=1, max_batch_size=self.batch_size))
-        results = frames | RunInference(handler).with_exception_handling()
-        probs = results.main | "ByVideo" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+        labelled, dead_letters = frames | RunInference(handler).with_exception_handling()
+        probs = labelled | "ByVideo" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
         head = self.spec.head
-        errors = results.failed_inferences | "Errors" >> beam.FlatMap(
+        errors = dead_letters.failed_inferences | "Errors" >> beam.FlatMap(
             lambda failed: [(key[0], f"{head} teacher: {type(failed[1]).__name__}: {failed[1]}")
                             for key, _ in failed[0]])
         return probs, errors
@@ -166,6 +170,8 @@ class _WriteVideoPartFn(beam.DoFn):
             return
         self.written.inc()
         self.samples.inc(len(samples))
+        log.info("wrote %s: %d segments, %.1f s of audio", task.uri, len(samples),
+                 len(video.audio) / SAMPLE_RATE)
         yield task.shard_id, ("part", task.order, path)
 
     def samples_of(self, video: DecodedVideo, grouped) -> list[Sample]:

@@ -16,11 +16,13 @@ engine that retries a task rewrites the same bytes to the same names.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import tarfile
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,6 +165,18 @@ def merge_progress(output: str) -> tuple[pa.Table, pa.Table]:
     write_atomic(join(output, INDEX_FILE), _table_bytes(index))
     write_atomic(join(output, FAILURES_FILE), _table_bytes(failures))
     return index, failures
+
+
+def remove_empty_part_dirs(output: str) -> None:
+    """Tidy the work area once every shard is assembled (object stores have no directories)."""
+    root = Path(output) / PARTS_DIR
+    if "://" in output or not root.is_dir():
+        return
+    for folder in sorted(root.iterdir(), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty: parts of unfinished shards stay
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _table_bytes(table: pa.Table) -> bytes:

@@ -31,3 +31,46 @@ def shared_videos() -> Path:
 def shared_esc10() -> Path:
     """../shared/data/esc10: ESC-10 as mono 22050 Hz FLAC with meta/esc10.csv."""
     return _shared("esc10")
+
+
+def run_pipeline(*args: str) -> int:
+    """Run `python -m pipeline.run` in-process (the real DirectRunner)."""
+    from pipeline import run
+
+    return run.main(["--runner=DirectRunner", *args])
+
+
+def make_bad_inputs(folder: Path) -> dict[str, Path]:
+    """A few broken inputs a real crawl meets; each must become exactly one failures row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {
+        "empty": folder / "empty.mp4",
+        "text": folder / "notes as video.mp4",
+        "random": folder / "random.mkv",
+    }
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is not a video\n")
+    bad["random"].write_bytes(os.urandom(50_000))
+    return bad
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(shared_videos: Path, tmp_path_factory) -> Path:
+    """One real pipeline run over all of ../shared/data/videos plus a few bad inputs, shared by
+    every test (and every xdist worker) that needs real shards: OUT with shards/, index.parquet,
+    failures.parquet, labels/, run.json. 8 videos a shard, so there are several shards."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the xdist workers of one run
+    out = root / "pipeline-output"
+    with FileLock(str(root / "pipeline-output.lock")):
+        if not (out / "run.json").exists():
+            bad = make_bad_inputs(root / "bad-inputs")
+            listing = root / "inputs.txt"
+            videos = sorted(p for p in shared_videos.iterdir() if p.suffix != ".csv"
+                            and p.suffix != ".md")
+            listing.write_text("".join(f"{p}\n" for p in [*videos, *bad.values()]))
+            code = run_pipeline(f"--input={listing}", f"--output={out}",
+                                "--videos-per-shard=8")
+            assert code == 0, "the pipeline run for the test fixtures failed"
+    return out

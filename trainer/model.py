@@ -62,6 +62,24 @@ def scale_waveform(audio: torch.Tensor) -> torch.Tensor:
     return audio * WAVE_SCALE
 
 
+def prepare_waveform(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
+    """[samples] or [batch, samples] or [batch, 1, samples] -> [batch, 1, >= min_samples].
+
+    Inputs shorter than `min_samples` are tiled (repeated), as the original code does."""
+    if wave.dim() == 1:
+        wave = wave[None]
+    if wave.dim() == 2:
+        wave = wave[:, None]
+    if wave.dim() != 3 or wave.shape[1] != 1:
+        raise ValueError(f"expected a waveform [batch, samples], got shape {tuple(wave.shape)}")
+    if wave.shape[-1] == 0:
+        raise ValueError("empty waveform")
+    if wave.shape[-1] < min_samples:
+        repeats = -(-min_samples // wave.shape[-1])
+        wave = wave.repeat(1, 1, repeats)[..., :min_samples]
+    return wave
+
+
 class ConvBlock(nn.Sequential):
     """Conv1d -> BatchNorm -> ReLU."""
 
@@ -124,18 +142,17 @@ class SoundNet(nn.Module):
         return length
 
     def _prepare(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() == 1:
-            wave = wave[None]
-        if wave.dim() == 2:
-            wave = wave[:, None]
-        if wave.dim() != 3 or wave.shape[1] != 1:
-            raise ValueError(f"expected a waveform [batch, samples], got shape {tuple(wave.shape)}")
-        if wave.shape[-1] == 0:
-            raise ValueError("empty waveform")
-        if wave.shape[-1] < self.min_samples:
-            repeats = -(-self.min_samples // wave.shape[-1])
-            wave = wave.repeat(1, 1, repeats)[..., : self.min_samples]
-        return wave
+        return prepare_waveform(wave, self.min_samples)
+
+    def output_steps(self, num_samples: int) -> int:
+        """Head time steps for an input of `num_samples` (after tiling short inputs)."""
+        length = max(num_samples, self.min_samples)
+        for spec in self.block_specs:
+            length = (length + 2 * spec.padding - spec.kernel) // spec.stride + 1
+            if spec.pool:
+                length //= spec.pool
+        head = self.head_spec
+        return (length + 2 * head.padding - head.kernel) // head.stride + 1
 
     def features(
         self, wave: torch.Tensor, layers: str | Sequence[str] = "pool5"
@@ -179,8 +196,16 @@ def soundnet5(heads: Mapping[str, int] | None = None) -> SoundNet:
     return SoundNet(SOUNDNET5, SOUNDNET5_HEAD, heads or {"objects": 1000, "scenes": 401})
 
 
-def build_model(arch: str, heads: Mapping[str, int]) -> SoundNet:
+ARCHS = ("soundnet8", "soundnet5", "autoencoder")
+
+
+def build_model(arch: str, heads: Mapping[str, int]) -> nn.Module:
+    """A model by name; `heads` sizes the distillation heads (the autoencoder has none)."""
+    if arch == "autoencoder":
+        from trainer.autoencoder import autoencoder  # it builds on this module's blocks
+
+        return autoencoder()
     builders = {"soundnet8": soundnet8, "soundnet5": soundnet5}
     if arch not in builders:
-        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(builders)}")
+        raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
     return builders[arch](heads)

@@ -1,0 +1,60 @@
+"""Read any audio or video file as mono float32 at 22050 Hz, and tile short clips.
+
+soundfile reads WAV/FLAC/OGG/MP3 quickly in-process; everything else (video containers, AAC,
+Opus in WebM, ...) is decoded by ffmpeg in a subprocess, which also mixes down and resamples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+import soundfile as sf
+
+from schemas import SAMPLE_RATE
+
+
+class AudioError(ValueError):
+    """A file cannot be read as audio; the message names the file and the problem."""
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] at `sample_rate`, all channels mixed down."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        wave = data.mean(axis=1)
+        if rate != sample_rate:
+            import librosa  # imported here: only resampled files pay for it
+
+            wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        wave = _ffmpeg_decode(path, sample_rate)  # not a format libsndfile knows: ask ffmpeg
+    if wave.size == 0:
+        raise AudioError(f"{path}: no audio samples")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _ffmpeg_decode(path: Path, sample_rate: int) -> np.ndarray:
+    stream = ffmpeg.input(str(path)).output(
+        "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0"
+    )
+    try:
+        out, _ = stream.run(cmd="ffmpeg", capture_stdout=True, capture_stderr=True, quiet=True)
+    except ffmpeg.Error as err:
+        lines = [ln for ln in err.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        reason = lines[-1] if lines else "ffmpeg failed"
+        if "matches no streams" in reason:
+            reason = "no audio stream"
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from err
+    return np.frombuffer(out, dtype=np.float32)
+
+
+def tile(wave: np.ndarray, num_samples: int) -> np.ndarray:
+    """Repeat a clip circularly up to at least `num_samples` (longer clips are kept whole)."""
+    if wave.shape[-1] >= num_samples:
+        return wave
+    return np.resize(wave, num_samples)  # np.resize repeats the data cyclically

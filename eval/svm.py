@@ -1,0 +1,126 @@
+"""Linear SVMs on clip features over a dataset's own folds (SPEC.md section 2).
+
+Two protocols turn a clip's [channels, frames] activations into SVM samples:
+
+- `pooled` (default): one sample per clip, the mean and the max over time; standardised
+  features; C chosen by inner cross-validation over the training folds.
+- `paper` (the original eval_esc50.lua): every window of one tenth of a 10 s clip's frames is a
+  sample (channel-major flattening, as Torch's view(-1)); liblinear's L2-regularised
+  squared-hinge dual solver with a bias term (`-s 1 -B 1`) at C = 0.01, raw features.
+
+Either way a test clip is scored by the mean of its samples' decision values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut, StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+PROTOCOLS = ("pooled", "paper")
+C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
+PAPER_C = 0.01
+PAPER_WINDOW_FRACTION = 0.1  # -timewindow 1 over -sound_length 10
+
+
+def pooled(feature: np.ndarray) -> np.ndarray:
+    """[channels, frames] -> one sample [1, 2 * channels]: mean and max over time."""
+    return np.concatenate([feature.mean(axis=1), feature.max(axis=1)])[None]
+
+
+def paper_window(frames: int) -> int:
+    return max(1, math.ceil(PAPER_WINDOW_FRACTION * frames))
+
+
+def windows(feature: np.ndarray, width: int) -> np.ndarray:
+    """[channels, frames] -> every window of `width` frames, [frames - width + 1, channels * width]."""
+    view = np.lib.stride_tricks.sliding_window_view(feature, width, axis=1)  # [C, n, width]
+    return np.ascontiguousarray(view.transpose(1, 0, 2)).reshape(view.shape[1], -1)
+
+
+def clip_samples(features: Sequence[np.ndarray], protocol: str) -> list[np.ndarray]:
+    """Per clip, its SVM samples [n_i, dims] under `protocol`."""
+    if protocol == "pooled":
+        return [pooled(f) for f in features]
+    if protocol == "paper":
+        # one window width for all clips, from the shortest (the 10 s tiling) clip
+        width = paper_window(min(f.shape[1] for f in features))
+        return [windows(f, width) for f in features]
+    raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+def make_svm(C: float, standardize: bool) -> Pipeline:
+    """liblinear's `-s 1` (L2-regularised squared hinge, dual) with a bias, one-vs-rest."""
+    steps = [StandardScaler()] if standardize else []
+    svm = LinearSVC(C=C, loss="squared_hinge", dual=True, fit_intercept=True, max_iter=20_000)
+    return make_pipeline(*steps, svm)
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    accuracy: float
+    C: float
+    y_true: np.ndarray = field(repr=False)
+    y_pred: np.ndarray = field(repr=False)
+
+
+def _inner_cv(groups: np.ndarray, labels: np.ndarray) -> LeaveOneGroupOut | StratifiedKFold:
+    """The training folds themselves (no clip's windows on both sides); three stratified splits
+    when only one training fold is left."""
+    if len(np.unique(groups)) >= 2:
+        return LeaveOneGroupOut()
+    return StratifiedKFold(n_splits=min(3, np.bincount(labels).min()), shuffle=True, random_state=0)
+
+
+def _clip_scores(scores: np.ndarray, clip_ids: np.ndarray) -> np.ndarray:
+    """Mean decision values per clip, clips in order of first appearance."""
+    if scores.ndim == 1:  # binary problems give one column
+        scores = np.stack([-scores, scores], axis=1)
+    uniq, inverse = np.unique(clip_ids, return_inverse=True)
+    sums = np.zeros((len(uniq), scores.shape[1]))
+    np.add.at(sums, inverse, scores)
+    return sums / np.bincount(inverse)[:, None]
+
+
+def cross_validate(
+    samples: Sequence[np.ndarray],
+    labels: np.ndarray,
+    folds: np.ndarray,
+    C: float | None = None,
+    standardize: bool = True,
+    n_jobs: int | None = None,
+) -> list[FoldResult]:
+    """Leave one official fold out at a time; C fixed, or chosen by inner CV when None."""
+    counts = np.array([len(s) for s in samples])
+    X = np.concatenate(samples).astype(np.float32, copy=False)
+    y = np.repeat(labels, counts)
+    groups = np.repeat(folds, counts)
+    clip_ids = np.repeat(np.arange(len(samples)), counts)
+    results = []
+    for fold in np.unique(folds):
+        train, test = groups != fold, groups == fold
+        if C is None:
+            search = GridSearchCV(
+                make_svm(1.0, standardize),
+                {"linearsvc__C": list(C_GRID)},
+                cv=_inner_cv(groups[train], y[train]),
+                n_jobs=n_jobs,
+            )
+            search.fit(X[train], y[train], groups=groups[train])
+            model, chosen = search.best_estimator_, float(search.best_params_["linearsvc__C"])
+        else:
+            model, chosen = make_svm(C, standardize).fit(X[train], y[train]), float(C)
+        scores = _clip_scores(model.decision_function(X[test]), clip_ids[test])
+        y_pred = model.classes_[scores.argmax(axis=1)]
+        y_true = labels[folds == fold]
+        results.append(
+            FoldResult(int(fold), float(np.mean(y_pred == y_true)), chosen, y_true, y_pred)
+        )
+    return results

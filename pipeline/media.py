@@ -1,0 +1,608 @@
+"""Decoding, one input at a time: probe (ffprobe), audio (ffmpeg) and teacher frames (decord,
+with an ffmpeg fallback).
+
+Every problem with an input raises `InputError(stage, message)`, the message naming the file and
+saying what is wrong in words a person understands; raw ffmpeg/decord errors never escape.
+
+Time base: frame times are seconds from the container's start time (`MediaInfo.start_time_s`),
+and the decoded audio is aligned to the same origin (a stream that starts late is padded with
+silence), so audio sample `i` and frame time `i / 22050` describe the same moment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import InputError
+from schemas import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+# decord's bundled FFmpeg has no AV1 decoder: go straight to the ffmpeg path for these.
+DECORD_UNSUPPORTED_CODECS = frozenset({"av1"})
+# The ffmpeg path selects the frames of at most this many times per ffmpeg call, so the select
+# expression stays short and each call only reads the stretch of the file it needs.
+_TIMES_PER_FFMPEG_CALL = 32
+_MAX_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says about a file, reduced to what decoding needs."""
+
+    path: str
+    duration_s: float  # best estimate of the media duration (0.0 when nothing says)
+    start_time_s: float  # container start time: the origin of frame times and audio
+    audio_codec: str
+    audio_sample_rate: int
+    audio_channels: int
+    audio_duration_s: float | None
+    video_codec: str
+    width: int  # coded frame size, before rotation
+    height: int
+    fps: float | None
+    rotation: int  # degrees clockwise to apply so frames come out as displayed (0/90/180/270)
+    video_duration_s: float | None
+    audio_stream_index: int = -1  # -1: the first audio stream
+    video_stream_index: int = -1  # -1: ffmpeg's default video stream
+    video_start_time_s: float | None = None  # None: same as start_time_s
+    sample_aspect_ratio: float = 1.0  # pixel width / height (non-square pixels: anamorphic video)
+    num_video_streams: int = 1  # not counting cover art
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of a frame as displayed: pixel aspect and rotation applied."""
+        width = max(1, round(self.width * self.sample_aspect_ratio))
+        return (self.height, width) if self.rotation in (90, 270) else (width, self.height)
+
+
+# ---------------------------------------------------------------------------------------------
+# subprocesses
+
+
+def _ffmpeg_reason(stderr: bytes, path: str) -> str:
+    """The last meaningful line of an ffmpeg/ffprobe stderr, without the path and log prefixes."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Svt[")]
+    if not lines:
+        return "no error message"
+    reason = lines[-1]
+    reason = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", reason)  # "[mov,mp4 @ 0x55..] "
+    if reason.startswith(path + ":"):
+        reason = reason[len(path) + 1 :].strip()
+    return reason[:_MAX_MESSAGE_CHARS]
+
+
+def _run(
+    args: list[str], stage: str, path: str, what: str, timeout_s: float
+) -> tuple[bytes, bytes]:
+    """Run one ffmpeg/ffprobe command; any failure of the input becomes an InputError."""
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as err:  # run() has killed the child already
+        raise InputError(stage, f"{path}: {what} timed out after {timeout_s:g} s") from err
+    except FileNotFoundError as err:  # the tool itself is missing: not this input's fault
+        raise RuntimeError(f"{args[0]} is not installed or not on PATH") from err
+    if proc.returncode != 0:
+        reason = _ffmpeg_reason(proc.stderr, path)
+        raise InputError(stage, f"{path}: {what} could not read it: {reason}")
+    return proc.stdout, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+def _check_file(path: str, stage: str) -> None:
+    if not os.path.exists(path):
+        raise InputError(stage, f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(stage, f"{path}: is a directory, not a media file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise InputError(stage, f"{path}: file is empty (0 bytes)")
+
+
+def _number(value: object) -> float | None:
+    """A finite float from ffprobe's strings ('N/A', '' and garbage give None)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _ratio(value: object) -> float | None:
+    """'30000/1001' -> 29.97; '0/0' and garbage -> None."""
+    if not isinstance(value, str) or "/" not in value:
+        return _number(value)
+    num, _, den = value.partition("/")
+    num_f, den_f = _number(num), _number(den)
+    if num_f is None or not den_f:
+        return None
+    return num_f / den_f
+
+
+def _stream_duration(stream: dict) -> float | None:
+    """The stream's duration; Matroska keeps it only in a 'DURATION' tag (HH:MM:SS.fffffffff)."""
+    duration = _number(stream.get("duration"))
+    if duration is not None and duration > 0:
+        return duration
+    for key, value in (stream.get("tags") or {}).items():
+        if key.upper() == "DURATION" and isinstance(value, str):
+            match = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", value.strip())
+            if match:
+                hours, minutes, seconds = match.groups()
+                return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return None
+
+
+def _rotation(stream: dict) -> int:
+    """Degrees clockwise to apply to the coded frame to display it (what ffmpeg's autorotate does).
+
+    The display matrix's `rotation` is counter-clockwise (-90 means turn 90 degrees clockwise);
+    the older `rotate` tag is already clockwise.
+    """
+    degrees = None
+    for side_data in stream.get("side_data_list") or []:
+        rotation = _number(side_data.get("rotation"))
+        if rotation is not None:
+            degrees = -rotation
+            break
+    if degrees is None:
+        degrees = _number((stream.get("tags") or {}).get("rotate")) or 0.0
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
+def _sample_aspect_ratio(stream: dict) -> float:
+    sar = stream.get("sample_aspect_ratio")
+    ratio = _ratio(sar.replace(":", "/")) if isinstance(sar, str) else None
+    return ratio if ratio and 0.1 < ratio < 10 else 1.0
+
+
+def _fps(stream: dict) -> float | None:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        rate = _ratio(stream.get(key))
+        if rate and 0 < rate < 1000:
+            return rate
+    return None
+
+
+def _describe_streams(streams: list[dict]) -> str:
+    """'h264 video, aac audio' for error messages."""
+    parts = []
+    for stream in streams:
+        kind = stream.get("codec_type", "unknown")
+        if kind == "video" and _is_cover_art(stream):
+            kind = "cover art"
+        parts.append(f"{stream.get('codec_name', 'unknown codec')} {kind}")
+    return ", ".join(parts) or "none"
+
+
+def _is_cover_art(stream: dict) -> bool:
+    return bool((stream.get("disposition") or {}).get("attached_pic"))
+
+
+def _pick_video_stream(videos: list[dict]) -> dict:
+    """ffmpeg's own default: the default-flagged stream first, then the largest frame."""
+
+    def score(stream: dict) -> tuple[int, int, int]:
+        default = int(bool((stream.get("disposition") or {}).get("default")))
+        area = int(stream.get("width") or 0) * int(stream.get("height") or 0)
+        return (default, area, -int(stream.get("index", 0)))
+
+    return max(videos, key=score)
+
+
+def probe(path: str, timeout_s: float = 60) -> MediaInfo:
+    """ffprobe `path`; raise InputError("probe", ...) unless it has an audio and a video stream."""
+    _check_file(path, "probe")
+    # The arguments of ffmpeg.probe; run here because ffmpeg-python 0.2.0's probe has no timeout.
+    args = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", path]
+    out, _ = _run(args, "probe", path, "ffprobe", timeout_s)
+    try:
+        data = json.loads(out.decode("utf-8", "replace"))
+    except json.JSONDecodeError as err:
+        raise InputError("probe", f"{path}: ffprobe gave unreadable output ({err})") from err
+    streams = data.get("streams") or []
+    fmt = data.get("format") or {}
+    if not streams:
+        raise InputError("probe", f"{path}: no audio or video streams (not a media file?)")
+
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    videos = [s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)]
+    if not audios:
+        raise InputError(
+            "probe", f"{path}: no audio stream (streams: {_describe_streams(streams)})"
+        )
+    if not videos:
+        raise InputError(
+            "probe", f"{path}: no video stream (streams: {_describe_streams(streams)})"
+        )
+    audio, video = audios[0], _pick_video_stream(videos)
+
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise InputError("probe", f"{path}: the video stream has no frame size ({width}x{height})")
+    sample_rate = int(_number(audio.get("sample_rate")) or 0)
+    channels = int(_number(audio.get("channels")) or 0)
+    if sample_rate <= 0:
+        raise InputError("probe", f"{path}: the audio stream has no sample rate")
+
+    start = _number(fmt.get("start_time")) or 0.0
+    audio_duration, video_duration = _stream_duration(audio), _stream_duration(video)
+    duration = _number(fmt.get("duration"))
+    if duration is None or duration <= 0:
+        known = [d for d in (audio_duration, video_duration) if d]
+        duration = max(known) if known else 0.0
+    return MediaInfo(
+        path=path,
+        duration_s=duration,
+        start_time_s=start,
+        audio_codec=str(audio.get("codec_name", "unknown")),
+        audio_sample_rate=sample_rate,
+        audio_channels=channels,
+        audio_duration_s=audio_duration,
+        video_codec=str(video.get("codec_name", "unknown")),
+        width=width,
+        height=height,
+        fps=_fps(video),
+        rotation=_rotation(video),
+        video_duration_s=video_duration,
+        audio_stream_index=int(audio.get("index", -1)),
+        video_stream_index=int(video.get("index", -1)),
+        video_start_time_s=_number(video.get("start_time")),
+        sample_aspect_ratio=_sample_aspect_ratio(video),
+        num_video_streams=len(videos),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+def _stream_map(index: int, kind: str) -> str:
+    return f"0:{index}" if index >= 0 else f"0:{kind}:0"
+
+
+def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarray:
+    """The first audio stream as int16 mono (all channels mixed down) at 22050 Hz.
+
+    Sample 0 is the container's start time: `aresample=first_pts=0` pads a late-starting stream
+    with silence, so audio and frame times share one origin.
+    """
+    _check_file(path, "decode_audio")
+    args = (
+        ffmpeg.input(path)
+        .output(
+            "pipe:",
+            map=_stream_map(info.audio_stream_index, "a"),
+            vn=None,  # never decode video here
+            sn=None,
+            dn=None,
+            af="aresample=first_pts=0",
+            ac=1,  # swresample's downmix matrix: a proper mix of every channel, not the first
+            ar=SAMPLE_RATE,
+            acodec="pcm_s16le",
+            f="s16le",
+        )
+        .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-v", "error"])
+    )
+    out, err = _run(args, "decode_audio", path, "ffmpeg", timeout_s)
+    audio = np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.int16)
+    if audio.size == 0:
+        raise InputError(
+            "decode_audio",
+            f"{path}: ffmpeg decoded no audio samples "
+            f"({info.audio_codec}, {_ffmpeg_reason(err, path)})",
+        )
+    _check_complete(path, info, audio.size / SAMPLE_RATE, err)
+    return audio
+
+
+def _check_complete(path: str, info: MediaInfo, decoded_s: float, stderr: bytes) -> None:
+    """A truncated or corrupt file decodes partly with errors: fail it rather than keep a stub."""
+    expected = info.audio_duration_s or info.duration_s
+    errors = stderr.decode("utf-8", "replace").strip()
+    if errors and expected and decoded_s < 0.9 * expected:
+        raise InputError(
+            "decode_audio",
+            (
+                f"{path}: truncated or corrupt: decoded {decoded_s:.2f} s of audio out of "
+                f"{expected:.2f} s ({_ffmpeg_reason(stderr, path)})"
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+def resized_size(display_size: tuple[int, int], resize_short: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `resize_short` and the aspect ratio kept."""
+    width, height = display_size
+    if width <= height:
+        return resize_short, max(resize_short, round(height * resize_short / width))
+    return max(resize_short, round(width * resize_short / height)), resize_short
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop [N, H, W, 3] frames to [N, size, size, 3]."""
+    height, width = frames.shape[1:3]
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
+
+
+def rotate_frames(frames: np.ndarray, degrees_cw: int) -> np.ndarray:
+    """Turn [N, H, W, C] frames clockwise by a multiple of 90 degrees."""
+    return np.ascontiguousarray(np.rot90(frames, k=-(degrees_cw // 90) % 4, axes=(1, 2)))
+
+
+def resize_and_crop(frame: np.ndarray, size: int = 224, resize_short: int = 256) -> np.ndarray:
+    """One full-size RGB frame -> shorter side `resize_short` (antialiased) -> centre `size` crop.
+
+    The reference for what `sample_frames` returns; the decoders themselves scale while decoding.
+    """
+    width, height = resized_size((frame.shape[1], frame.shape[0]), resize_short)
+    resized = Image.fromarray(frame).resize(
+        (width, height), Image.Resampling.BICUBIC, reducing_gap=None
+    )
+    return center_crop(np.asarray(resized)[None], size)[0]
+
+
+class _DecordFailed(Exception):
+    """decord could not give the frames; the ffmpeg path takes over."""
+
+
+def _decord_frames(
+    path: str, info: MediaInfo, times_s: np.ndarray, out_size: tuple[int, int]
+) -> np.ndarray:
+    """decord: seek to the keyframes before the wanted frames and decode only those stretches.
+
+    decord applies the rotation metadata itself and then scales to the requested
+    display-oriented size while decoding, so no full-size RGB frame is ever made.
+    """
+    import decord  # heavy native library: imported where used
+
+    width, height = out_size
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height)
+        indices = _frame_indices(reader, info, times_s)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        batch = reader.get_batch(unique.tolist()).asnumpy()
+    except Exception as err:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, ...
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise _DecordFailed(message[:_MAX_MESSAGE_CHARS]) from err
+    if batch.shape != (len(unique), height, width, 3) or batch.dtype != np.uint8:
+        raise _DecordFailed(
+            f"returned frames of shape {batch.shape}, wanted {(len(unique), height, width, 3)}"
+        )
+    return batch[inverse.reshape(-1)]
+
+
+def _frame_indices(reader, info: MediaInfo, times_s: np.ndarray) -> np.ndarray:
+    """For each time, the index of the frame displayed then: the last frame starting at or before.
+
+    decord's timestamps are seconds from the video stream's start time; AVI (and some other
+    files) give garbage timestamps, and then the average frame rate has to do.
+    """
+    count = len(reader)
+    stream_start = info.video_start_time_s
+    offset = info.start_time_s - (stream_start if stream_start is not None else info.start_time_s)
+    wanted = times_s + offset  # the same moments on decord's clock
+    starts = np.asarray(reader.get_frame_timestamp(list(range(count))), dtype=np.float64)[:, 0]
+    plausible = (
+        np.all(np.isfinite(starts))
+        and np.all(np.abs(starts) < 1e7)
+        and np.all(np.diff(starts) >= 0)
+    )
+    if plausible:
+        indices = np.searchsorted(starts, wanted + 1e-6, side="right") - 1
+    else:
+        fps = reader.get_avg_fps() or info.fps or 25.0
+        indices = np.floor(wanted * fps + 1e-6).astype(np.int64)
+    return np.clip(indices, 0, count - 1)
+
+
+def _select_expression(targets: np.ndarray, window: float, tail_from: float | None) -> str:
+    """ffmpeg `select` keeping, per target time A: the frames in [A - window, A] (the one shown
+    at A is the last of them) and the first frame at or after A (the one shown at A when none
+    starts in the window). `tail_from` also keeps the last frames, to clamp times past the end."""
+    terms = []
+    for target in targets:
+        terms.append(f"between(t,{target - window:.6f},{target:.6f})")
+        terms.append(f"gte(t,{target:.6f})*not(gte(prev_t,{target:.6f}))")
+    if tail_from is not None:
+        terms.append(f"gte(t,{tail_from:.6f})")
+    return "+".join(terms)
+
+
+_SHOWINFO = re.compile(rb"Parsed_showinfo.*?\bn:\s*\d+\s+pts:\s*\S+\s+pts_time:(\S+)")
+
+
+def _ffmpeg_select(
+    path: str,
+    info: MediaInfo,
+    targets: np.ndarray,
+    window: float,
+    tail_from: float | None,
+    last: bool,
+    out_size: tuple[int, int],
+    timeout_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ffmpeg call: the frames `_select_expression` keeps, scaled, with their times.
+
+    -copyts keeps the file's own timestamps, so `t` in the filter is comparable to `targets`
+    (absolute times); -ss seeks near the first target, and -t stops after the last one.
+    """
+    width, height = out_size
+    first = float(targets[0]) - window - 1.0
+    input_args: dict[str, object] = {}
+    if first - info.start_time_s > 0:
+        input_args["ss"] = f"{first - info.start_time_s:.6f}"  # input -ss counts from the start
+    if not last:
+        input_args["t"] = f"{float(targets[-1]) - max(first, info.start_time_s) + 1.0:.6f}"
+    chain = ",".join(
+        [
+            f"select='{_select_expression(targets, window, tail_from)}'",
+            f"scale={width}:{height}:flags=bicubic",  # after autorotate, which ffmpeg inserts first
+            "showinfo",  # logs each kept frame's time: how we know which frame is which
+        ]
+    )
+    args = (
+        ffmpeg.input(path, **input_args)
+        .output(
+            "pipe:",
+            map=_stream_map(info.video_stream_index, "v"),
+            an=None,
+            sn=None,
+            dn=None,
+            vf=chain,
+            fps_mode="passthrough",
+            f="rawvideo",
+            pix_fmt="rgb24",
+        )
+        .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-copyts"])
+    )
+    out, err = _run(args, "decode_frames", path, "ffmpeg", timeout_s)
+    frame_bytes = width * height * 3
+    frames = np.frombuffer(out, dtype=np.uint8)[: len(out) // frame_bytes * frame_bytes]
+    frames = frames.reshape(-1, height, width, 3)
+    times = np.array([_number(m.decode()) for m in _SHOWINFO.findall(err)], dtype=np.float64)
+    if len(times) != len(frames):
+        raise InputError(
+            "decode_frames",
+            (f"{path}: ffmpeg returned {len(frames)} frames but reported {len(times)}"),
+        )
+    return frames, times
+
+
+def _pick(frames: np.ndarray, times: np.ndarray, target: float, window: float) -> np.ndarray | None:
+    """The frame displayed at `target` among the frames `_select_expression` kept."""
+    if len(times) == 0:
+        return None
+    shown = np.flatnonzero((times <= target + 1e-6) & (times >= target - window - 1e-6))
+    if shown.size:
+        return frames[shown[np.argmax(times[shown])]]
+    later = np.flatnonzero(times > target)
+    if later.size:  # nothing starts in the window: before the first frame, or a long gap
+        return frames[later[np.argmin(times[later])]]
+    return frames[int(np.nanargmax(times))]  # past the end: the last frame clamps
+
+
+def _ffmpeg_frames(
+    path: str, info: MediaInfo, times_s: np.ndarray, out_size: tuple[int, int], timeout_s: float
+) -> np.ndarray:
+    """ffmpeg decodes sequentially and keeps only the frames shown at the wanted times."""
+    frame_period = 1.0 / info.fps if info.fps else 0.1
+    window = min(max(1.5 * frame_period, 0.02), 0.5)
+    targets = np.unique(info.start_time_s + times_s)  # absolute times, sorted
+    end = info.start_time_s + (info.video_duration_s or info.duration_s or 0.0)
+    if info.video_start_time_s is not None and info.video_duration_s:
+        end = info.video_start_time_s + info.video_duration_s
+    picked: dict[float, np.ndarray] = {}
+    chunks = [
+        targets[i : i + _TIMES_PER_FFMPEG_CALL]
+        for i in range(0, len(targets), _TIMES_PER_FFMPEG_CALL)
+    ]
+    for number, chunk in enumerate(chunks):
+        last = number == len(chunks) - 1
+        # Times near or past the end need the last frames, to clamp to the very last one.
+        tail_from = min(float(chunk[-1]), end - 1.0) if last else None
+        frames, times = _ffmpeg_select(
+            path, info, chunk, window, tail_from, last, out_size, timeout_s
+        )
+        for target in chunk:
+            frame = _pick(frames, times, float(target), window)
+            if frame is None:
+                raise InputError(
+                    "decode_frames",
+                    (
+                        f"{path}: ffmpeg decoded no video frame near "
+                        f"{target - info.start_time_s:.2f} s ({info.video_codec})"
+                    ),
+                )
+            picked[float(target)] = frame
+    return np.stack([picked[float(t)] for t in info.start_time_s + times_s])
+
+
+def _use_decord(info: MediaInfo) -> str | None:
+    """Why decord cannot be used for this file, or None when it can."""
+    if info.video_codec in DECORD_UNSUPPORTED_CODECS:
+        return f"decord cannot decode {info.video_codec}"
+    if info.num_video_streams > 1:
+        # decord picks a stream by its own rule; ffmpeg is told which one probe described.
+        return f"{info.num_video_streams} video streams"
+    return None
+
+
+def sample_frames_with_backend(
+    path: str,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    size: int = 224,
+    resize_short: int = 256,
+    timeout_s: float = 300,
+    backend: str = "auto",
+) -> tuple[np.ndarray, str]:
+    """`sample_frames`, also saying which decoder made the frames ("decord" or "ffmpeg").
+
+    backend: "auto" (decord, ffmpeg when decord cannot), "decord" or "ffmpeg" (to force one).
+    """
+    if backend not in ("auto", "decord", "ffmpeg"):
+        raise ValueError(f"backend must be auto, decord or ffmpeg, not {backend!r}")
+    if not 0 < size <= resize_short:
+        raise ValueError(
+            f"need 0 < size <= resize_short, got size={size}, resize_short={resize_short}"
+        )
+    times = np.maximum(np.asarray(times_s, dtype=np.float64).reshape(-1), 0.0)
+    if not np.all(np.isfinite(times)):
+        raise ValueError(f"frame times must be finite, got {list(times_s)}")
+    if times.size == 0:
+        return np.zeros((0, size, size, 3), np.uint8), "none"
+    _check_file(path, "decode_frames")
+    out_size = resized_size(info.display_size, resize_short)
+
+    reason = _use_decord(info) if backend != "ffmpeg" else "ffmpeg was asked for"
+    if reason is None:
+        try:
+            return center_crop(_decord_frames(path, info, times, out_size), size), "decord"
+        except _DecordFailed as err:
+            if backend == "decord":
+                raise InputError(
+                    "decode_frames", f"{path}: decord could not decode it: {err}"
+                ) from err
+            reason = f"decord failed: {err}"
+    elif backend == "decord":
+        raise InputError("decode_frames", f"{path}: decord cannot be used: {reason}")
+    log.info("%s: frames through ffmpeg (%s)", path, reason)
+    return center_crop(_ffmpeg_frames(path, info, times, out_size, timeout_s), size), "ffmpeg"
+
+
+def sample_frames(
+    path: str,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    size: int = 224,
+    resize_short: int = 256,
+    timeout_s: float = 300,
+) -> np.ndarray:
+    """uint8 [len(times_s), size, size, 3] RGB: for each time (seconds from the container start)
+    the frame displayed then, as displayed (rotation and pixel aspect applied), its shorter side
+    scaled to `resize_short` and centre-cropped to `size`. Times past the last frame get the last
+    frame. decord seeks and decodes only what is needed; ffmpeg takes over for what decord cannot
+    read (AV1 included) or when it fails. The timeout applies to the ffmpeg path."""
+    return sample_frames_with_backend(path, info, times_s, size, resize_short, timeout_s)[0]

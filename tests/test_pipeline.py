@@ -1,0 +1,164 @@
+"""End to end: the real Beam DirectRunner over real videos, real decoders and the real teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from pipeline import media
+from pipeline.teachers import load_teacher, preprocess
+from schemas import (
+    FAILURES_SCHEMA,
+    INDEX_SCHEMA,
+    SAMPLE_RATE,
+    decode_sample,
+    read_labels,
+    read_table,
+)
+from tests.conftest import REPO, run_pipeline
+
+# Clips whose audio is under --min-segment-seconds=1 (ffprobe durations 0.30 to 0.98 s).
+SHORT_CLIPS = {
+    "media3_8k24fps_300ms.mp4",
+    "media3_sample_edit_list_only_preroll_sync_sample.mp4",
+    "media3_sample_with_color_info.mp4",
+    "pymediainfo_sample.mp4",
+}
+BAD_INPUTS = {"empty.mp4", "notes as video.mp4", "random.mkv"}
+
+
+def read_samples(output: Path) -> dict:
+    shards = sorted(str(p) for p in (output / "shards").glob("*.tar"))
+    return {m["__key__"]: decode_sample(m) for m in wds.WebDataset(shards, shardshuffle=False)}
+
+
+@pytest.fixture(scope="module")
+def samples(pipeline_output):
+    return read_samples(pipeline_output)
+
+
+def test_every_clip_is_written_but_the_short_and_the_broken(pipeline_output, shared_videos):
+    index = read_table(pipeline_output / "index.parquet", INDEX_SCHEMA)
+    failures = read_table(pipeline_output / "failures.parquet", FAILURES_SCHEMA).to_pylist()
+    videos = {p.name for p in shared_videos.iterdir() if p.suffix not in {".csv", ".md"}}
+    written = {Path(s).name for s in index.column("source").to_pylist()}
+    assert written == videos - SHORT_CLIPS
+    failed = [Path(r["source"]).name for r in failures]
+    assert sorted(failed) == sorted(SHORT_CLIPS | BAD_INPUTS)  # exactly one row each
+    for row in failures:
+        assert row["source"] in row["message"] or Path(row["source"]).name in row["message"]
+        if Path(row["source"]).name in SHORT_CLIPS:
+            assert row["stage"] == "segment" and "min-segment-seconds" in row["message"]
+        else:
+            assert row["stage"] == "probe"
+    record = json.loads((pipeline_output / "run.json").read_text())
+    assert record["counts"]["videos"] == len(videos) + len(BAD_INPUTS)
+    assert record["counts"]["videos_failed"] == len(failures)
+    assert record["counts"]["samples"] == index.num_rows
+    assert len(list((pipeline_output / "shards").glob("*.tar"))) == record["counts"]["shards"] > 1
+
+
+def test_shards_follow_the_format_and_match_the_index(pipeline_output, samples):
+    index = read_table(pipeline_output / "index.parquet", INDEX_SCHEMA).to_pylist()
+    assert [r["key"] for r in index] == list(samples)  # same samples, same order
+    labels = read_labels(pipeline_output / "labels" / "objects.txt")
+    assert len(labels) == 1000
+    for row in index:
+        sample = samples[row["key"]]
+        meta = sample.metadata
+        assert meta.heads["objects"].teacher == "efficientnet_lite0"
+        assert len(meta.heads["objects"].weights_sha256) == 64
+        assert (row["segment"], row["num_frames"]) == (meta.segment, len(meta.frame_times_s))
+        probs = sample.probs["objects"].astype(np.float32)
+        assert probs.shape == (len(meta.frame_times_s), 1000)
+        np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-2)
+        assert meta.start_s <= meta.frame_times_s[0] < meta.frame_times_s[-1] + 1e-9
+        assert meta.frame_times_s[-1] <= meta.start_s + meta.duration_s
+    # no temporary or work files are left visible
+    assert not [p for p in pipeline_output.rglob("*") if ".tmp-" in p.name]
+    assert not list(pipeline_output.glob("_parts/*/*.tar"))
+
+
+def test_segments_hold_the_whole_decoded_audio(samples, shared_videos):
+    by_source = defaultdict(list)
+    for sample in samples.values():
+        by_source[sample.metadata.source].append(sample)
+    for name in ["mdn-sa_tears-of-steel-battle-clip-medium.webm", "videollava_sample_demo_22.mp4",
+                 "media3_bbb_960x540_60fps_vp8.webm", "torchcodec_nasa_13013.mp4"]:
+        path = str(shared_videos / name)
+        audio = media.decode_audio(path, media.probe(path))
+        segs = sorted(by_source[path], key=lambda s: s.metadata.segment)
+        assert [s.metadata.segment for s in segs] == list(range(len(segs)))
+        total = sum(len(s.audio) for s in segs)
+        assert 0 <= len(audio) - total < SAMPLE_RATE  # at most a dropped tail under 1 s
+        np.testing.assert_array_equal(np.concatenate([s.audio for s in segs]), audio[:total])
+
+
+def test_teacher_rows_equal_a_direct_model_call_on_the_same_frames(samples, shared_videos):
+    teacher = load_teacher("objects", "efficientnet_lite0")
+    for name in ["videollama_dog_barking.mp4", "media3_internal_emulator_transformer_output_270_rotated.mp4",
+                 "mdn-sa_tears-of-steel-battle-clip-medium.webm"]:
+        path = str(shared_videos / name)
+        segs = sorted((s for s in samples.values() if s.metadata.source == path),
+                      key=lambda s: s.metadata.segment)
+        times = [t for s in segs for t in s.metadata.frame_times_s]
+        frames = media.sample_frames(path, media.probe(path), times)
+        with torch.inference_mode():
+            direct = torch.softmax(teacher.model(preprocess(frames)), dim=1).numpy()
+        stored = np.concatenate([s.probs["objects"].astype(np.float32) for s in segs])
+        np.testing.assert_allclose(stored, direct, atol=1e-3)
+
+
+def test_rerunning_a_finished_output_changes_nothing(pipeline_output, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(pipeline_output, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
+              and p.name != "run.json"}
+    args = json.loads((out / "run.json").read_text())["argv"]
+    args = [a for a in args if not a.startswith(("--output", "--runner"))]
+    assert run_pipeline(*args, f"--output={out}") == 0
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
+             and p.name != "run.json"}
+    assert after == before
+
+
+def test_multi_processing_mode_writes_the_same_samples(pipeline_output, samples, shared_videos,
+                                                       tmp_path):
+    names = ["mdn-ie_friday.mp4", "grid_lipnet-bbaf2n.mpg", "tmh_bear-vp9-opus.webm",
+             "media3_sample.avi", "pymediainfo_sample.mp4"]
+    listing = tmp_path / "some.txt"
+    listing.write_text("".join(f"{shared_videos / n}\n" for n in names))
+    out = tmp_path / "mp"
+    code = run_pipeline(f"--input={listing}", f"--output={out}", "--videos-per-shard=2",
+                        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert code == 0
+    mine = read_samples(out)
+    assert mine and set(mine) <= set(samples)
+    assert {s.metadata.source for s in mine.values()} == {
+        str(shared_videos / n) for n in names if n not in SHORT_CLIPS}
+    for key, sample in mine.items():
+        np.testing.assert_array_equal(sample.audio, samples[key].audio)
+        np.testing.assert_allclose(sample.probs["objects"].astype(np.float32),
+                                   samples[key].probs["objects"].astype(np.float32), atol=1e-3)
+    failures = read_table(out / "failures.parquet", FAILURES_SCHEMA)
+    assert [Path(s).name for s in failures.column("source").to_pylist()] == ["pymediainfo_sample.mp4"]
+
+
+def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
+    """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.demo", f"--output={tmp_path / 'demo'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "videos written: 4, segments: 5" in proc.stdout
+    assert "failures: 0" in proc.stdout
+    for name in ["mdn-ie_friday.mp4", "mdn-la_rabbit320.mp4"]:
+        assert name in proc.stdout

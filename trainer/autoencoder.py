@@ -1,0 +1,115 @@
+"""The paper's convolutional autoencoder baseline (SPEC.md section 2, "Conv autoencoder" row).
+
+    model = autoencoder()
+    recon = model(wave)                    # [batch, samples], same length as the input
+    conv4 = model.features(wave, "conv4")  # [batch, 128, frames], what eval's SVM reads
+
+Encoder: SoundNet-8's first four convolutions (conv1..conv4 with BatchNorm, ReLU and the two
+max-pools), so its features are directly comparable with SoundNet's conv4. Decoder: four
+transposed convolutions that undo the encoder's strides (2, 2, 2*8, 2*8 = 1024 in all), trained
+with MSE on the waveform. `python -m trainer.main --arch autoencoder` trains it from the same
+shards (teacher rows are ignored) and writes checkpoints in the same format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.model import SOUNDNET8, WAVE_SCALE, ConvBlock, ConvSpec, prepare_waveform
+
+ENCODER = SOUNDNET8[:4]  # conv1 (+pool1), conv2 (+pool2), conv3, conv4
+# (in, out, kernel, stride, padding), chosen so that each layer's output = stride * its input
+DECODER = (
+    (128, 64, 8, 2, 3),  # undoes conv4
+    (64, 32, 16, 2, 7),  # undoes conv3
+    (32, 16, 32, 16, 8),  # undoes pool2 (8) and conv2 (2)
+    (16, 1, 64, 16, 24),  # undoes pool1 (8) and conv1 (2); linear: the waveform itself
+)
+
+
+def _min_input_samples(blocks: Sequence[ConvSpec]) -> int:
+    """Shortest input that gives one frame after `blocks` (walk the layers backwards)."""
+    length = 1
+    for spec in reversed(blocks):
+        if spec.pool:
+            length *= spec.pool
+        length = max(1, (length - 1) * spec.stride + spec.kernel - 2 * spec.padding)
+    return length
+
+
+class ConvAutoencoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_sizes: dict[str, int] = {}  # no teacher heads; keeps the checkpoint format
+        self.body = nn.ModuleDict()
+        in_channels = 1
+        for spec in ENCODER:
+            self.body[spec.name] = ConvBlock(in_channels, spec)
+            if spec.pool:
+                self.body[spec.pool_name] = nn.MaxPool1d(spec.pool, spec.pool)
+            in_channels = spec.out_channels
+        layers: list[nn.Module] = []
+        for i, (cin, cout, kernel, stride, padding) in enumerate(DECODER):
+            layers.append(nn.ConvTranspose1d(cin, cout, kernel, stride, padding))
+            if i < len(DECODER) - 1:
+                layers += [nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+        self.decoder = nn.Sequential(*layers)
+        self.min_samples = _min_input_samples(ENCODER)
+        self.reset_parameters()
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Every layer `features` can return: the encoder's, input to output."""
+        return list(self.body.keys())
+
+    def reset_parameters(self) -> None:
+        """SoundNet's init: conv weights N(0, 0.01), BatchNorm gamma N(1, 0.02), zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm1d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def features(
+        self, wave: torch.Tensor, layers: str | Sequence[str] = "conv4"
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Encoder activations [batch, channels, frames] of one layer, or a dict for a list."""
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        unknown = set(wanted) - set(self.layer_names)
+        if unknown:
+            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {self.layer_names}")
+        out: dict[str, torch.Tensor] = {}
+        x = prepare_waveform(wave, self.min_samples)
+        for name, module in self.body.items():
+            x = module(x)
+            if name in wanted:
+                out[name] = x
+            if len(out) == len(wanted):
+                break
+        return out[wanted[0]] if isinstance(layers, str) else out
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [batch, samples] of the (tiled) input, in the input's scale."""
+        x = prepare_waveform(wave, self.min_samples)
+        code = x
+        for module in self.body.values():
+            code = module(code)
+        recon = self.decoder(code)[:, 0]
+        # the decoder gives 1024 samples per code frame: at least the input; crop to it
+        return recon[:, : x.shape[-1]]
+
+
+def reconstruction_loss(recon: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+    """MSE on the waveform, measured in [-1, 1] units so that its values read naturally."""
+    target = prepare_waveform(wave, recon.shape[-1])[:, 0, : recon.shape[-1]]
+    return F.mse_loss(recon.float() / WAVE_SCALE, target.float() / WAVE_SCALE)
+
+
+def autoencoder() -> ConvAutoencoder:
+    return ConvAutoencoder()

@@ -1,0 +1,372 @@
+"""Streaming training data: WebDataset shards -> batches of 20 s waveforms and teacher rows.
+
+    source = resolve_shards("OUT")          # OUT, OUT/shards, a brace pattern, a dir, URLs
+    heads = inspect_heads(source.urls)      # {head: HeadInfo} from the first readable sample
+    loader = make_loader(source.urls, list(heads), batch_size=64, workers=4)
+    for batch in loader:                    # {"wave": [B, N], "targets": {head: [B, 4, C]}, ...}
+
+The pipeline (pipeline/) writes one sample per segment of up to 20 s, with one teacher frame at
+the centre of each whole 5 s step (SPEC.md section 3). A training example is a crop of
+`crop_steps` whole steps (4: 20 s), so conv8's steps match the teacher frames one-to-one:
+a longer segment gives a random step-aligned crop, a shorter one is tiled (its steps repeated,
+their teacher rows with them), and one shorter than a step is repeated to fill the crop under
+its single frame. Audio is scaled to the network's [-256, 256].
+
+Shards are read as an endless stream: by default each rank and worker resamples shards at
+random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
+times; `resample=False` instead splits each shuffled epoch between ranks and workers. A shard
+or sample that cannot be read is skipped with a warning and counted: the counts travel inside
+the batches (`batch["events"]`), since they happen in worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from schemas import LABELS_DIR, SAMPLE_RATE, SHARDS_DIR, HeadInfo, SampleError, decode_sample
+from schemas.layout import labels_path, read_labels
+from trainer.model import WAVE_SCALE
+
+log = logging.getLogger(__name__)
+
+STEP_SECONDS = 5  # teachers see one frame per 5 s step
+STEP_SAMPLES = STEP_SECONDS * SAMPLE_RATE
+CROP_STEPS = 4  # the paper's 20 s training crop: 4 teacher frames, 4 conv8 steps
+
+
+class ShardSpecError(ValueError):
+    """--shards names nothing readable; the message says what was looked for."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding shards and their label names
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    urls: list[str]  # local paths or URLs WebDataset can open
+    root: str | None = None  # the pipeline output directory (for labels/), when there is one
+
+
+def is_url(spec: str) -> bool:
+    return "://" in spec or spec.startswith("pipe:")
+
+
+def _root_of(shard: str) -> str | None:
+    """OUT for OUT/shards/shard-N.tar (local or URL), else None."""
+    if shard.startswith("pipe:"):
+        return None
+    parent, _, _ = shard.rpartition("/")
+    grandparent, _, name = parent.rpartition("/")
+    if name != SHARDS_DIR or not grandparent:
+        return None
+    if is_url(shard) or (Path(grandparent) / LABELS_DIR).is_dir():
+        return grandparent
+    return None
+
+
+def resolve_shards(spec: str) -> ShardSource:
+    """Shard list from a brace pattern or glob, a pipeline output dir, a dir of .tar, or URLs.
+
+    Several specs may be joined with '::' (WebDataset's separator)."""
+    if is_url(spec):
+        urls = wds.shardlists.expand_urls(spec)
+        return ShardSource(urls, _root_of(urls[0]) if urls else None)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / SHARDS_DIR).is_dir():
+            path = path / SHARDS_DIR
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+        if not urls:
+            raise ShardSpecError(f"{spec}: no .tar shards in this directory")
+        return ShardSource(urls, _root_of(urls[0]))
+    urls = []
+    for pattern in wds.shardlists.expand_urls(spec):
+        urls += sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    present = [u for u in urls if Path(u).is_file()]
+    if not present:
+        raise ShardSpecError(f"{spec}: no shard files match (looked for {urls[:3]}...)")
+    if len(present) < len(urls):
+        missing = [u for u in urls if u not in set(present)]
+        log.warning("%d of %d shards do not exist, e.g. %s", len(missing), len(urls), missing[0])
+    return ShardSource(present, _root_of(present[0]))
+
+
+def inspect_heads(urls: Sequence[str], max_shards: int = 20) -> dict[str, HeadInfo]:
+    """The teacher heads of the first readable sample (its metadata; audio is not decoded)."""
+    problems = []
+    for url in urls[:max_shards]:
+        try:
+            for raw in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+                return dict(decode_sample(raw, audio=False).metadata.heads)
+        except Exception as err:  # a corrupt shard: try the next one
+            problems.append(f"{url}: {type(err).__name__}: {err}")
+    raise ShardSpecError(
+        f"no readable sample in the first {min(len(urls), max_shards)} shards: "
+        + ("; ".join(problems[:3]) or "they are empty")
+    )
+
+
+def _read_text(location: str) -> str:
+    if is_url(location):
+        with wds.gopen(location) as stream:
+            return stream.read().decode("utf-8")
+    return Path(location).read_text(encoding="utf-8")
+
+
+def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str, list[str]]:
+    """Class names per head from OUT/labels/{head}.txt, or generic names (with a warning)."""
+    names = {}
+    for head, num_classes in heads.items():
+        found = None
+        if source.root is not None:
+            location = (
+                f"{source.root}/{LABELS_DIR}/{head}.txt"
+                if is_url(source.root)
+                else str(labels_path(source.root, head))
+            )
+            try:
+                found = (
+                    [n for n in _read_text(location).splitlines() if n.strip()]
+                    if is_url(location)
+                    else read_labels(location)
+                )
+            except Exception as err:  # missing or unreachable: generic names below
+                log.warning("cannot read label names %s (%s)", location, err)
+            if found is not None and len(found) != num_classes:
+                raise ShardSpecError(
+                    f"{location} has {len(found)} class names, the shards' {head!r} head has "
+                    f"{num_classes} classes"
+                )
+        if found is None:
+            log.warning(
+                "no label names for head %r (shards not under a pipeline output): using %s_0..%d",
+                head,
+                head,
+                num_classes - 1,
+            )
+            found = [f"{head}_{i}" for i in range(num_classes)]
+        names[head] = found
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# One example: an aligned crop of whole 5 s steps
+
+
+def crop_steps(
+    audio: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    steps: int = CROP_STEPS,
+    rng: random.Random | None = None,
+    where: str = "sample",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(audio [steps * STEP_SAMPLES], {head: rows [steps, C]}) with step i <-> row i.
+
+    Frame j of a segment sits at the centre of its whole step j; a partial trailing step has no
+    frame and is dropped. `rng` picks a random aligned window of a long segment (None: the
+    central one, for validation)."""
+    whole = len(audio) // STEP_SAMPLES
+    if whole == 0:  # shorter than one step: one frame at its middle labels the whole crop
+        wave = np.resize(audio, steps * STEP_SAMPLES)  # np.resize repeats cyclically
+        return wave, {h: np.repeat(p[:1], steps, axis=0) for h, p in probs.items()}
+    for head, p in probs.items():
+        if len(p) < whole:
+            raise SampleError(
+                f"{where}: {whole} whole {STEP_SECONDS} s steps but {len(p)} {head} frames"
+            )
+    if whole >= steps:
+        last = whole - steps
+        first = rng.randint(0, last) if rng is not None else last // 2
+        index = np.arange(first, first + steps)
+    else:  # tile: steps 0..whole-1 repeated, their teacher rows with them
+        index = np.arange(steps) % whole
+    wave = audio[: whole * STEP_SAMPLES].reshape(whole, STEP_SAMPLES)[index].reshape(-1)
+    return wave, {h: p[index] for h, p in probs.items()}
+
+
+def make_example(
+    raw: dict[str, Any], heads: Sequence[str], steps: int, rng: random.Random | None
+) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+    """A raw WebDataset sample -> (key, float32 wave in [-256, 256], {head: float32 rows})."""
+    sample = decode_sample(raw)  # validates the metadata, shapes and distributions
+    missing = [h for h in heads if h not in sample.probs]
+    if missing:
+        raise SampleError(f"{sample.key}: no {missing} head(s); it has {sorted(sample.probs)}")
+    probs = {h: sample.probs[h] for h in heads}
+    audio, rows = crop_steps(sample.audio, probs, steps, rng, where=sample.key)
+    wave = audio.astype(np.float32) * np.float32(WAVE_SCALE / 32768)
+    return sample.key, wave, {h: r.astype(np.float32) for h, r in rows.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a loader process saw: skipped shards and samples, shards opened
+
+
+@dataclass
+class LoaderEvents:
+    """Per loader process; drained into each batch so that the training loop can count it."""
+
+    max_consecutive_failures: int = 100
+    shards: list[str] = field(default_factory=list)
+    shard_errors: list[tuple[str, str]] = field(default_factory=list)
+    sample_errors: list[tuple[str, str]] = field(default_factory=list)
+    current: str = ""
+    consecutive_failures: int = 0
+
+    def opened(self, src: Iterator[dict]) -> Iterator[dict]:
+        """Pipeline stage: note each shard as it is opened."""
+        for item in src:
+            self.current = item["url"]
+            self.shards.append(self.current)
+            yield item
+
+    def shard_failed(self, err: Exception) -> bool:
+        """WebDataset handler for tar-level errors: warn, count, go on with the next shard."""
+        message = f"{type(err).__name__}: {str(err.args[0]) if err.args else err}"
+        self.shard_errors.append((self.current, message))
+        log.warning("skipping unreadable shard %s (%s)", self.current, message)
+        self.consecutive_failures += 1
+        if self.consecutive_failures > self.max_consecutive_failures:
+            raise RuntimeError(
+                f"{self.consecutive_failures} shard reads in a row failed, the last {self.current}"
+                f" ({message}): the shards are unreadable"
+            ) from err
+        return True
+
+    def sample_failed(self, err: Exception) -> bool:
+        """WebDataset handler for the per-sample map: skip bad samples, re-raise real bugs."""
+        if not isinstance(err, SampleError):
+            raise err
+        self.sample_errors.append((self.current, str(err)))
+        log.warning("skipping bad sample in %s: %s", self.current, err)
+        return True
+
+    def decoded(self) -> None:
+        self.consecutive_failures = 0
+
+    def drain(self) -> dict[str, list]:
+        out = {
+            "shards": self.shards,
+            "shard_errors": self.shard_errors,
+            "sample_errors": self.sample_errors,
+        }
+        self.shards, self.shard_errors, self.sample_errors = [], [], []
+        return out
+
+
+def collate(
+    examples: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], events: LoaderEvents
+) -> dict[str, Any]:
+    heads = list(examples[0][2])
+    return {
+        "keys": [key for key, _, _ in examples],
+        "wave": torch.from_numpy(np.stack([wave for _, wave, _ in examples])),
+        "targets": {
+            h: torch.from_numpy(np.stack([rows[h] for *_, rows in examples])) for h in heads
+        },
+        "events": events.drain(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard streams and the loader
+
+
+def _worker_seed(seed: int) -> int:
+    rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    return wds.utils.make_seed(seed, rank, worker)
+
+
+def epoch_shards(urls: Sequence[str], seed: int) -> Iterator[dict[str, str]]:
+    """Endless epochs, each shuffled alike on every rank, then split by rank and by worker."""
+    for epoch in itertools.count():
+        order = list(urls)
+        random.Random(seed + epoch).shuffle(order)  # same order everywhere: disjoint slices
+        yield from wds.split_by_worker(wds.split_by_node(dict(url=u) for u in order))
+
+
+def shuffled(src: Iterator[Any], bufsize: int, seed: int) -> Iterator[Any]:
+    """A sample shuffle buffer seeded per rank and worker (WebDataset's own seeds all alike)."""
+    rng = random.Random(_worker_seed(seed))
+    yield from wds.filters._shuffle(src, bufsize, min(bufsize, 64), rng)
+
+
+class Cropper:
+    """The per-sample map: decode and crop, with an RNG seeded per rank and worker on first use
+    (the loader is copied into each worker process before any sample is seen)."""
+
+    def __init__(
+        self, heads: Sequence[str], steps: int, train: bool, seed: int, events: LoaderEvents
+    ):
+        self.heads, self.steps, self.train, self.seed, self.events = (
+            heads,
+            steps,
+            train,
+            seed,
+            events,
+        )
+        self.rng: random.Random | None = None
+
+    def __call__(self, raw: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+        if self.train and self.rng is None:
+            self.rng = random.Random(_worker_seed(self.seed + 1))
+        example = make_example(raw, self.heads, self.steps, self.rng)
+        self.events.decoded()
+        return example
+
+
+def make_loader(
+    urls: Sequence[str],
+    heads: Sequence[str],
+    batch_size: int,
+    *,
+    steps: int = CROP_STEPS,
+    train: bool = True,
+    resample: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> wds.WebLoader:
+    """Batches of aligned crops. Training streams forever; validation (`train=False`) reads
+    each shard once, split between ranks and workers, with central crops and no shuffling."""
+    events = LoaderEvents(max_consecutive_failures=max(100, 4 * len(urls)))
+    if not train:
+        shards: Any = [wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker]
+    elif resample:
+        shards = [wds.ResampledShards(list(urls), seed=seed, deterministic=True)]
+    else:
+        shards = [functools.partial(epoch_shards, list(urls), seed)]
+    stages: list[Callable] = [
+        *shards,
+        events.opened,
+        wds.tarfile_to_samples(handler=events.shard_failed),
+    ]
+    if train and shuffle_buffer > 1:
+        stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
+    stages += [
+        wds.map(Cropper(heads, steps, train, seed, events), handler=events.sample_failed),
+        wds.batched(batch_size, functools.partial(collate, events=events), partial=not train),
+    ]
+    pipeline = wds.DataPipeline(*stages)
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
