@@ -1,6 +1,6 @@
 """`make demo`: run the pipeline on the bundled sample videos and show what it wrote.
 
-    python -m pipeline.demo --output demo-out
+python -m pipeline.demo --output demo-out
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     failures = read_table(output / FAILURES_FILE, FAILURES_SCHEMA)
     seconds = sum(index.column("duration_s").to_pylist())
     print("\n== SoundNet demo ==")
-    print(f"videos written: {len(set(index.column('video_id').to_pylist()))}, "
-          f"segments: {index.num_rows}, audio: {seconds / 3600:.4f} h ({seconds:.1f} s), "
-          f"failures: {failures.num_rows}")
+    print(
+        f"videos written: {len(set(index.column('video_id').to_pylist()))}, "
+        f"segments: {index.num_rows}, audio: {seconds / 3600:.4f} h ({seconds:.1f} s), "
+        f"failures: {failures.num_rows}"
+    )
     print("what the visual teacher saw (objects head, mean over frames):")
     for source, top in sorted(teacher_top3(output).items()):
         classes = ", ".join(f"{name} {p:.2f}" for name, p in top)

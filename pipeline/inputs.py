@@ -19,7 +19,27 @@ from apache_beam.io.filesystems import FileSystems
 from schemas import MANIFEST_SCHEMA, make_video_id, validate_table
 
 MEDIA_EXTENSIONS = frozenset(
-    "3gp 3g2 asf avi flv m2ts m4v mkv mov mp4 mpeg mpg mts mxf ogv ts vob webm wmv".split()
+    [
+        "3gp",
+        "3g2",
+        "asf",
+        "avi",
+        "flv",
+        "m2ts",
+        "m4v",
+        "mkv",
+        "mov",
+        "mp4",
+        "mpeg",
+        "mpg",
+        "mts",
+        "mxf",
+        "ogv",
+        "ts",
+        "vob",
+        "webm",
+        "wmv",
+    ]
 )
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 GLOB_CHARS = frozenset("*?[")
@@ -50,8 +70,9 @@ def _is_remote(uri: str) -> bool:
 def _list_directory(root: str) -> list[str]:
     if _is_remote(root):
         pattern = root.rstrip("/") + "/**"
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list
-                      if is_media_name(m.path))
+        return sorted(
+            m.path for m in FileSystems.match([pattern])[0].metadata_list if is_media_name(m.path)
+        )
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -85,15 +106,15 @@ def _read_text_list(path: str) -> list[tuple[str, str | None]]:
 def _read_manifest(path: str) -> list[tuple[str, str | None]]:
     try:
         with FileSystems.open(path) as f:
-            if path.lower().endswith(".parquet"):
-                table = pq.read_table(f)
-            else:
-                table = pacsv.read_csv(f)
+            table = pq.read_table(f) if path.lower().endswith(".parquet") else pacsv.read_csv(f)
     except Exception as err:
         raise InputListError(f"{path}: cannot read the manifest: {err}") from err
     table = validate_table(table, MANIFEST_SCHEMA, what=path)
     ids = table.column("id").to_pylist()
-    return [(_resolve(u, path), i or None) for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)]
+    return [
+        (_resolve(u, path), i or None)
+        for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)
+    ]
 
 
 def read_input_entries(spec: str) -> list[tuple[str, str | None]]:

@@ -43,8 +43,10 @@ log = logging.getLogger("pipeline")
 def teacher_specs(opts: SoundNetOptions) -> list[TeacherSpec]:
     """The heads this run labels, with their label names and weight digests (checked up front,
     so that a missing weights file stops the run before any video is touched)."""
-    wanted = [("objects", opts.objects_teacher, opts.objects_weights, None),
-              ("scenes", opts.scenes_teacher, opts.scenes_weights, opts.scenes_labels)]
+    wanted = [
+        ("objects", opts.objects_teacher, opts.objects_weights, None),
+        ("scenes", opts.scenes_teacher, opts.scenes_weights, opts.scenes_labels),
+    ]
     specs = []
     for head, name, weights, labels in wanted:
         if not name or name.lower() == "none":
@@ -56,8 +58,9 @@ def teacher_specs(opts: SoundNetOptions) -> list[TeacherSpec]:
     return specs
 
 
-def run_config(opts: SoundNetOptions, plan: SegmentPlan, specs: list[TeacherSpec],
-               tasks: list[VideoTask]) -> dict:
+def run_config(
+    opts: SoundNetOptions, plan: SegmentPlan, specs: list[TeacherSpec], tasks: list[VideoTask]
+) -> dict:
     """What decides the output's content; a rerun over the same output must match it."""
     listing = "\n".join(f"{t.uri}\t{t.video_id}" for t in tasks).encode()
     return {
@@ -79,29 +82,43 @@ def check_or_record_config(output: str, config: dict) -> None:
             changed = sorted(k for k in config if previous.get(k) != config[k])
             raise InputListError(
                 f"{output} holds a run with different {', '.join(changed)}; "
-                "rerun with the same inputs and options, or use a new --output")
+                "rerun with the same inputs and options, or use a new --output"
+            )
         return
     writer.write_atomic(path, json.dumps(config, indent=1, sort_keys=True).encode())
 
 
-def build_pipeline(p: beam.Pipeline, pending: list[VideoTask], ready: list[tuple[int, tuple]],
-                   opts: SoundNetOptions, plan: SegmentPlan, specs: list[TeacherSpec]) -> None:
-    decoded = (p | "Videos" >> beam.Create(pending)
-                 | "Spread" >> beam.Reshuffle()
-                 | "Decode" >> DecodeVideos(plan, opts.decode_timeout))
+def build_pipeline(
+    p: beam.Pipeline,
+    pending: list[VideoTask],
+    ready: list[tuple[int, tuple]],
+    opts: SoundNetOptions,
+    plan: SegmentPlan,
+    specs: list[TeacherSpec],
+) -> None:
+    decoded = (
+        p
+        | "Videos" >> beam.Create(pending)
+        | "Spread" >> beam.Reshuffle()
+        | "Decode" >> DecodeVideos(plan, opts.decode_timeout)
+    )
     labelled, errors = {}, []
     for spec in specs:
         probs, errs = decoded[FRAMES] | f"Label[{spec.head}]" >> LabelFrames(
-            spec, opts.device, opts.teacher_batch_size)
+            spec, opts.device, opts.teacher_batch_size
+        )
         labelled[spec.head] = probs
         errors.append(errs)
     teacher_errors = errors | "TeacherErrors" >> beam.Flatten()
-    parts = ((decoded.videos, labelled, teacher_errors)
-             | "WriteParts" >> WriteVideoParts(opts.output, {s.head: s.info for s in specs}))
+    parts = (decoded.videos, labelled, teacher_errors) | "WriteParts" >> WriteVideoParts(
+        opts.output, {s.head: s.info for s in specs}
+    )
     reused = p | "ReusedParts" >> beam.Create(ready)
-    ((parts, decoded[FAILED], reused)
-     | "PerShard" >> beam.Flatten()
-     | "WriteShards" >> WriteShards(opts.output))
+    (
+        (parts, decoded[FAILED], reused)
+        | "PerShard" >> beam.Flatten()
+        | "WriteShards" >> WriteShards(opts.output)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for spec in specs:
-        writer.write_atomic(str(labels_path(output, spec.head)),
-                            format_labels(list(spec.label_names)).encode())
+        writer.write_atomic(
+            str(labels_path(output, spec.head)), format_labels(list(spec.label_names)).encode()
+        )
 
     # Resume: finished shards are skipped, finished videos of unfinished shards reused.
     todo = [t for t in tasks if not writer.shard_done(output, t.shard_id)]
@@ -132,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             ready.append((t.shard_id, ("part", t.order, part)))
         else:
             pending.append(t)
-    log.info("%d inputs in %d shards: %d to decode, %d already decoded, %d in finished shards",
-             len(tasks), len({t.shard_id for t in tasks}), len(pending), len(ready),
-             len(tasks) - len(todo))
+    log.info(
+        "%d inputs in %d shards: %d to decode, %d already decoded, %d in finished shards",
+        len(tasks),
+        len({t.shard_id for t in tasks}),
+        len(pending),
+        len(ready),
+        len(tasks) - len(todo),
+    )
     beam_started = time.time()
     if todo:
         with beam.Pipeline(options=options) as p:
@@ -151,16 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         "teachers": {s.head: s.info.__dict__ for s in specs},
         "versions": versions(),
         "counts": counts,
-        "timings": {"total_s": round(time.time() - started, 3),
-                    "pipeline_s": round(beam_seconds, 3)},
+        "timings": {
+            "total_s": round(time.time() - started, 3),
+            "pipeline_s": round(beam_seconds, 3),
+        },
     }
-    writer.write_atomic(writer.join(output, RUN_FILE),
-                        json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+    writer.write_atomic(
+        writer.join(output, RUN_FILE),
+        json.dumps(record, indent=1, sort_keys=True, default=str).encode(),
+    )
     print_summary(counts, failures, output)
     failed_fraction = counts["videos_failed"] / max(1, counts["videos"])
     if failed_fraction > opts.max_failed_fraction:
-        print(f"error: {failed_fraction:.1%} of inputs failed, more than "
-              f"--max-failed-fraction={opts.max_failed_fraction:g}", file=sys.stderr)
+        print(
+            f"error: {failed_fraction:.1%} of inputs failed, more than "
+            f"--max-failed-fraction={opts.max_failed_fraction:g}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -200,14 +230,19 @@ def summarize(tasks: list[VideoTask], index, failures) -> dict:
 def versions() -> dict:
     import torch
 
-    return {"python": platform.python_version(), "apache_beam": beam.__version__,
-            "torch": torch.__version__}
+    return {
+        "python": platform.python_version(),
+        "apache_beam": beam.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def print_summary(counts: dict, failures, output: str) -> None:
-    print(f"{counts['videos']} videos: {counts['videos_written']} written as "
-          f"{counts['samples']} samples in {counts['shards']} shards "
-          f"({counts['audio_hours'] * 60:.1f} min of audio), {counts['videos_failed']} failed")
+    print(
+        f"{counts['videos']} videos: {counts['videos_written']} written as "
+        f"{counts['samples']} samples in {counts['shards']} shards "
+        f"({counts['audio_hours'] * 60:.1f} min of audio), {counts['videos_failed']} failed"
+    )
     for row in failures.to_pylist()[:20]:
         print(f"  failed [{row['stage']}] {row['message']}")
     if failures.num_rows > 20:

@@ -53,8 +53,12 @@ class TeacherSpec:
 
 
 def failure(task: VideoTask, err: InputError) -> tuple[int, dict]:
-    row = {"source": task.uri, "stage": err.stage, "error_type": err.error_type,
-           "message": err.message}
+    row = {
+        "source": task.uri,
+        "stage": err.stage,
+        "error_type": err.error_type,
+        "message": err.message,
+    }
     return task.shard_id, row
 
 
@@ -83,13 +87,17 @@ class _DecodeVideoFn(beam.DoFn):
             stage = "segment"
             segments = plan_segments(len(audio), self.plan)
             if not segments:
-                raise InputError("segment", (
-                    f"{task.uri}: audio lasts {len(audio) / self.plan.sample_rate:.2f} s, less "
-                    f"than --min-segment-seconds={self.plan.min_segment_seconds:g}: nothing to write"
-                ))
+                raise InputError(
+                    "segment",
+                    (
+                        f"{task.uri}: audio lasts {len(audio) / self.plan.sample_rate:.2f} s, less "
+                        f"than --min-segment-seconds={self.plan.min_segment_seconds:g}: nothing to write"
+                    ),
+                )
             stage = "decode_frames"
-            frames = media.sample_frames(task.uri, info, frame_times(segments),
-                                         timeout_s=self.timeout_s)
+            frames = media.sample_frames(
+                task.uri, info, frame_times(segments), timeout_s=self.timeout_s
+            )
         except InputError as err:
             self.failed.inc()
             log.info("failed [%s] %s", err.stage, err.message)
@@ -103,9 +111,16 @@ class _DecodeVideoFn(beam.DoFn):
         self.audio_seconds.inc(int(len(audio) / self.plan.sample_rate))
         for i, frame in enumerate(frames):
             yield pvalue.TaggedOutput(FRAMES, ((task.video_id, i), frame))
-        yield task.video_id, DecodedVideo(task, audio, segments, len(frames),
-                                          info={"video_codec": info.video_codec,
-                                                "audio_codec": info.audio_codec})
+        yield (
+            task.video_id,
+            DecodedVideo(
+                task,
+                audio,
+                segments,
+                len(frames),
+                info={"video_codec": info.video_codec, "audio_codec": info.audio_codec},
+            ),
+        )
 
 
 class DecodeVideos(beam.PTransform):
@@ -117,7 +132,8 @@ class DecodeVideos(beam.PTransform):
 
     def expand(self, tasks):
         return tasks | beam.ParDo(_DecodeVideoFn(self.plan, self.timeout_s)).with_outputs(
-            FRAMES, FAILED, main="videos")
+            FRAMES, FAILED, main="videos"
+        )
 
 
 class LabelFrames(beam.PTransform):
@@ -132,16 +148,26 @@ class LabelFrames(beam.PTransform):
         self.spec, self.device, self.batch_size = spec, device, batch_size
 
     def expand(self, frames):
-        handler = KeyedModelHandler(TeacherModelHandler(
-            head=self.spec.head, name=self.spec.name, weights=self.spec.weights,
-            labels=self.spec.labels, device=self.device,
-            min_batch_size=1, max_batch_size=self.batch_size))
+        handler = KeyedModelHandler(
+            TeacherModelHandler(
+                head=self.spec.head,
+                name=self.spec.name,
+                weights=self.spec.weights,
+                labels=self.spec.labels,
+                device=self.device,
+                min_batch_size=1,
+                max_batch_size=self.batch_size,
+            )
+        )
         labelled, dead_letters = frames | RunInference(handler).with_exception_handling()
         probs = labelled | "ByVideo" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
         head = self.spec.head
         errors = dead_letters.failed_inferences | "Errors" >> beam.FlatMap(
-            lambda failed: [(key[0], f"{head} teacher: {type(failed[1]).__name__}: {failed[1]}")
-                            for key, _ in failed[0]])
+            lambda failed: [
+                (key[0], f"{head} teacher: {type(failed[1]).__name__}: {failed[1]}")
+                for key, _ in failed[0]
+            ]
+        )
         return probs, errors
 
 
@@ -170,8 +196,12 @@ class _WriteVideoPartFn(beam.DoFn):
             return
         self.written.inc()
         self.samples.inc(len(samples))
-        log.info("wrote %s: %d segments, %.1f s of audio", task.uri, len(samples),
-                 len(video.audio) / SAMPLE_RATE)
+        log.info(
+            "wrote %s: %d segments, %.1f s of audio",
+            task.uri,
+            len(samples),
+            len(video.audio) / SAMPLE_RATE,
+        )
         yield task.shard_id, ("part", task.order, path)
 
     def samples_of(self, video: DecodedVideo, grouped) -> list[Sample]:
@@ -180,21 +210,33 @@ class _WriteVideoPartFn(beam.DoFn):
         for head in self.heads:
             by_frame = dict(grouped[head])
             if len(by_frame) != video.num_frames:
-                raise InputError("teacher", f"{task.uri}: {head} teacher labelled "
-                                 f"{len(by_frame)} of {video.num_frames} frames")
+                raise InputError(
+                    "teacher",
+                    f"{task.uri}: {head} teacher labelled "
+                    f"{len(by_frame)} of {video.num_frames} frames",
+                )
             rows[head] = np.stack([by_frame[i] for i in range(video.num_frames)])
         samples, first = [], 0
         for seg in video.segments:
             n = len(seg.frame_times_s)
             meta = SampleMetadata(
-                video_id=task.video_id, source=task.uri, segment=seg.index,
-                start_s=seg.start_s, duration_s=seg.duration_s, num_samples=seg.num_samples,
-                frame_times_s=list(seg.frame_times_s), heads=self.heads)
-            samples.append(Sample(
-                key=sample_key(task.video_id, seg.index),
-                audio=video.audio[seg.start_sample:seg.stop_sample],
-                probs={h: r[first:first + n] for h, r in rows.items()},
-                metadata=meta))
+                video_id=task.video_id,
+                source=task.uri,
+                segment=seg.index,
+                start_s=seg.start_s,
+                duration_s=seg.duration_s,
+                num_samples=seg.num_samples,
+                frame_times_s=list(seg.frame_times_s),
+                heads=self.heads,
+            )
+            samples.append(
+                Sample(
+                    key=sample_key(task.video_id, seg.index),
+                    audio=video.audio[seg.start_sample : seg.stop_sample],
+                    probs={h: r[first : first + n] for h, r in rows.items()},
+                    metadata=meta,
+                )
+            )
             first += n
         return samples
 
@@ -208,8 +250,7 @@ class WriteVideoParts(beam.PTransform):
 
     def expand(self, inputs):
         videos, labelled, errors = inputs
-        joined = ({"video": videos, "errors": errors, **labelled}
-                  | beam.CoGroupByKey())
+        joined = {"video": videos, "errors": errors, **labelled} | beam.CoGroupByKey()
         return joined | beam.ParDo(_WriteVideoPartFn(self.output, self.heads))
 
 
@@ -221,7 +262,9 @@ class _WriteShardFn(beam.DoFn):
     def process(self, element):
         shard_id, items = element
         items = list(items)
-        parts = sorted((order, path) for _, order, path in (i for i in items if isinstance(i, tuple)))
+        parts = sorted(
+            (order, path) for _, order, path in (i for i in items if isinstance(i, tuple))
+        )
         failures = sorted((i for i in items if isinstance(i, dict)), key=lambda r: r["source"])
         summary = writer.assemble_shard(self.output, shard_id, [p for _, p in parts], failures)
         self.shards.inc()

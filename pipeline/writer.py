@@ -140,7 +140,9 @@ def assemble_shard(output: str, shard_id: int, parts: list[str], failures: list[
                         rows.append(index_row(SampleMetadata.from_json(data, where=path), name))
     if rows:
         write_atomic(join(output, SHARDS_DIR, name), out.getvalue())
-    write_atomic(progress_path(output, shard_id, failures=True), parquet_bytes(failures, FAILURES_SCHEMA))
+    write_atomic(
+        progress_path(output, shard_id, failures=True), parquet_bytes(failures, FAILURES_SCHEMA)
+    )
     write_atomic(progress_path(output, shard_id), parquet_bytes(rows, INDEX_SCHEMA))
     if parts:
         FileSystems.delete(parts)

@@ -67,10 +67,10 @@ def pipeline_output(shared_videos: Path, tmp_path_factory) -> Path:
         if not (out / "run.json").exists():
             bad = make_bad_inputs(root / "bad-inputs")
             listing = root / "inputs.txt"
-            videos = sorted(p for p in shared_videos.iterdir() if p.suffix != ".csv"
-                            and p.suffix != ".md")
+            videos = sorted(
+                p for p in shared_videos.iterdir() if p.suffix != ".csv" and p.suffix != ".md"
+            )
             listing.write_text("".join(f"{p}\n" for p in [*videos, *bad.values()]))
-            code = run_pipeline(f"--input={listing}", f"--output={out}",
-                                "--videos-per-shard=8")
+            code = run_pipeline(f"--input={listing}", f"--output={out}", "--videos-per-shard=8")
             assert code == 0, "the pipeline run for the test fixtures failed"
     return out

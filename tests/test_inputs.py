@@ -24,15 +24,20 @@ def test_directory_is_searched_recursively_in_sorted_order(tree):
 
 def test_glob_list_and_manifests(tree, tmp_path):
     assert [u for u, _ in read_input_entries(str(tree / "**" / "*.mp4"))] == [
-        str(tree / "a" / "b.mp4")]
+        str(tree / "a" / "b.mp4")
+    ]
     listing = tmp_path / "videos.txt"
     listing.write_text("# comment\na/b.mp4\n\n/elsewhere/missing.mp4\n")
     assert read_input_entries(str(listing)) == [
-        (str(tree / "a" / "b.mp4"), None), ("/elsewhere/missing.mp4", None)]
+        (str(tree / "a" / "b.mp4"), None),
+        ("/elsewhere/missing.mp4", None),
+    ]
     csv = tmp_path / "m.csv"
     csv.write_text("uri,id\na/b.mp4,first\nc.MKV,\n")
-    assert read_input_entries(str(csv)) == [(str(tree / "a" / "b.mp4"), "first"),
-                                            (str(tree / "c.MKV"), None)]
+    assert read_input_entries(str(csv)) == [
+        (str(tree / "a" / "b.mp4"), "first"),
+        (str(tree / "c.MKV"), None),
+    ]
     parquet = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": [str(tree / "c.MKV")]}), parquet)
     assert read_input_entries(str(parquet)) == [(str(tree / "c.MKV"), None)]

@@ -92,8 +92,12 @@ def test_segments_hold_the_whole_decoded_audio(samples, shared_videos):
     by_source = defaultdict(list)
     for sample in samples.values():
         by_source[sample.metadata.source].append(sample)
-    for name in ["mdn-sa_tears-of-steel-battle-clip-medium.webm", "videollava_sample_demo_22.mp4",
-                 "media3_bbb_960x540_60fps_vp8.webm", "torchcodec_nasa_13013.mp4"]:
+    for name in [
+        "mdn-sa_tears-of-steel-battle-clip-medium.webm",
+        "videollava_sample_demo_22.mp4",
+        "media3_bbb_960x540_60fps_vp8.webm",
+        "torchcodec_nasa_13013.mp4",
+    ]:
         path = str(shared_videos / name)
         audio = media.decode_audio(path, media.probe(path))
         segs = sorted(by_source[path], key=lambda s: s.metadata.segment)
@@ -105,11 +109,16 @@ def test_segments_hold_the_whole_decoded_audio(samples, shared_videos):
 
 def test_teacher_rows_equal_a_direct_model_call_on_the_same_frames(samples, shared_videos):
     teacher = load_teacher("objects", "efficientnet_lite0")
-    for name in ["videollama_dog_barking.mp4", "media3_internal_emulator_transformer_output_270_rotated.mp4",
-                 "mdn-sa_tears-of-steel-battle-clip-medium.webm"]:
+    for name in [
+        "videollama_dog_barking.mp4",
+        "media3_internal_emulator_transformer_output_270_rotated.mp4",
+        "mdn-sa_tears-of-steel-battle-clip-medium.webm",
+    ]:
         path = str(shared_videos / name)
-        segs = sorted((s for s in samples.values() if s.metadata.source == path),
-                      key=lambda s: s.metadata.segment)
+        segs = sorted(
+            (s for s in samples.values() if s.metadata.source == path),
+            key=lambda s: s.metadata.segment,
+        )
         times = [t for s in segs for t in s.metadata.frame_times_s]
         frames = media.sample_frames(path, media.probe(path), times)
         with torch.inference_mode():
@@ -121,42 +130,70 @@ def test_teacher_rows_equal_a_direct_model_call_on_the_same_frames(samples, shar
 def test_rerunning_a_finished_output_changes_nothing(pipeline_output, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(pipeline_output, out)
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-              and p.name != "run.json"}
+    before = {
+        p.relative_to(out): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "run.json"
+    }
     args = json.loads((out / "run.json").read_text())["argv"]
     args = [a for a in args if not a.startswith(("--output", "--runner"))]
     assert run_pipeline(*args, f"--output={out}") == 0
-    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-             and p.name != "run.json"}
+    after = {
+        p.relative_to(out): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "run.json"
+    }
     assert after == before
 
 
-def test_multi_processing_mode_writes_the_same_samples(pipeline_output, samples, shared_videos,
-                                                       tmp_path):
-    names = ["mdn-ie_friday.mp4", "grid_lipnet-bbaf2n.mpg", "tmh_bear-vp9-opus.webm",
-             "media3_sample.avi", "pymediainfo_sample.mp4"]
+def test_multi_processing_mode_writes_the_same_samples(
+    pipeline_output, samples, shared_videos, tmp_path
+):
+    names = [
+        "mdn-ie_friday.mp4",
+        "grid_lipnet-bbaf2n.mpg",
+        "tmh_bear-vp9-opus.webm",
+        "media3_sample.avi",
+        "pymediainfo_sample.mp4",
+    ]
     listing = tmp_path / "some.txt"
     listing.write_text("".join(f"{shared_videos / n}\n" for n in names))
     out = tmp_path / "mp"
-    code = run_pipeline(f"--input={listing}", f"--output={out}", "--videos-per-shard=2",
-                        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    code = run_pipeline(
+        f"--input={listing}",
+        f"--output={out}",
+        "--videos-per-shard=2",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    )
     assert code == 0
     mine = read_samples(out)
     assert mine and set(mine) <= set(samples)
     assert {s.metadata.source for s in mine.values()} == {
-        str(shared_videos / n) for n in names if n not in SHORT_CLIPS}
+        str(shared_videos / n) for n in names if n not in SHORT_CLIPS
+    }
     for key, sample in mine.items():
         np.testing.assert_array_equal(sample.audio, samples[key].audio)
-        np.testing.assert_allclose(sample.probs["objects"].astype(np.float32),
-                                   samples[key].probs["objects"].astype(np.float32), atol=1e-3)
+        np.testing.assert_allclose(
+            sample.probs["objects"].astype(np.float32),
+            samples[key].probs["objects"].astype(np.float32),
+            atol=1e-3,
+        )
     failures = read_table(out / "failures.parquet", FAILURES_SCHEMA)
-    assert [Path(s).name for s in failures.column("source").to_pylist()] == ["pymediainfo_sample.mp4"]
+    assert [Path(s).name for s in failures.column("source").to_pylist()] == [
+        "pymediainfo_sample.mp4"
+    ]
 
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline.demo", f"--output={tmp_path / 'demo'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", f"--output={tmp_path / 'demo'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "videos written: 4, segments: 5" in proc.stdout
     assert "failures: 0" in proc.stdout

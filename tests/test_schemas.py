@@ -33,9 +33,15 @@ def make_sample(frames=2, classes=5, seconds=1.0) -> Sample:
     probs = rng.dirichlet(np.ones(classes), size=frames)
     n = int(seconds * 22050)
     meta = SampleMetadata(
-        video_id="clip_1234abcd", source="/videos/clip.mp4", segment=3, start_s=60.0,
-        duration_s=n / 22050, num_samples=n, frame_times_s=[62.5, 67.5][:frames],
-        heads={"objects": HeadInfo("efficientnet_lite0", "ab" * 32, "imagenet1k", classes)})
+        video_id="clip_1234abcd",
+        source="/videos/clip.mp4",
+        segment=3,
+        start_s=60.0,
+        duration_s=n / 22050,
+        num_samples=n,
+        frame_times_s=[62.5, 67.5][:frames],
+        heads={"objects": HeadInfo("efficientnet_lite0", "ab" * 32, "imagenet1k", classes)},
+    )
     audio = (np.sin(np.arange(n) / 10) * 8000).astype(np.int16)
     return Sample(key="clip_1234abcd-0003", audio=audio, probs={"objects": probs}, metadata=meta)
 
@@ -92,8 +98,18 @@ def test_keys_are_safe_and_parse_back():
 
 
 def test_tables_validate_and_round_trip(tmp_path):
-    rows = [{"key": "v-0000", "shard": "shard-000000.tar", "video_id": "v", "source": "/v.mp4",
-             "segment": 0, "start_s": 0.0, "duration_s": 20.0, "num_frames": 4}]
+    rows = [
+        {
+            "key": "v-0000",
+            "shard": "shard-000000.tar",
+            "video_id": "v",
+            "source": "/v.mp4",
+            "segment": 0,
+            "start_s": 0.0,
+            "duration_s": 20.0,
+            "num_frames": 4,
+        }
+    ]
     path = tmp_path / "index.parquet"
     write_table(table_from_rows(rows, INDEX_SCHEMA), path, INDEX_SCHEMA)
     assert read_table(path, INDEX_SCHEMA).to_pylist() == rows
@@ -101,11 +117,16 @@ def test_tables_validate_and_round_trip(tmp_path):
     with pytest.raises(SchemaError, match="missing column"):
         validate_table(pa.table({"key": ["x"]}), INDEX_SCHEMA)
     with pytest.raises(SchemaError, match="unknown stage"):
-        validate_table(table_from_rows(
-            [{"source": "a", "stage": "nowhere", "error_type": "E", "message": "m"}],
-            FAILURES_SCHEMA), FAILURES_SCHEMA)
+        validate_table(
+            table_from_rows(
+                [{"source": "a", "stage": "nowhere", "error_type": "E", "message": "m"}],
+                FAILURES_SCHEMA,
+            ),
+            FAILURES_SCHEMA,
+        )
     manifest = validate_table(pa.table({"uri": ["a.mp4"]}), MANIFEST_SCHEMA)
     assert manifest.column("id").to_pylist() == [None]
     with pytest.raises(SchemaError, match="empty values"):
-        validate_table(pa.table({"uri": [None]}, schema=pa.schema([("uri", pa.string())])),
-                       MANIFEST_SCHEMA)
+        validate_table(
+            pa.table({"uri": [None]}, schema=pa.schema([("uri", pa.string())])), MANIFEST_SCHEMA
+        )

@@ -14,7 +14,8 @@ its single frame. Audio is scaled to the network's [-256, 256].
 
 Shards are read as an endless stream: by default each rank and worker resamples shards at
 random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
-times; `resample=False` instead splits each shuffled epoch between ranks and workers. A shard
+times; `resample=False` instead gives each rank and worker its own share of the shards, read
+in a new order every epoch. A shard
 or sample that cannot be read is skipped with a warning and counted: the counts travel inside
 the batches (`batch["events"]`), since they happen in worker processes.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import itertools
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -224,18 +224,26 @@ class LoaderEvents:
     shard_errors: list[tuple[str, str]] = field(default_factory=list)
     sample_errors: list[tuple[str, str]] = field(default_factory=list)
     current: str = ""
+    current_failed: bool = False
     consecutive_failures: int = 0
 
     def opened(self, src: Iterator[dict]) -> Iterator[dict]:
         """Pipeline stage: note each shard as it is opened."""
         for item in src:
-            self.current = item["url"]
+            self.current, self.current_failed = item["url"], False
             self.shards.append(self.current)
             yield item
 
     def shard_failed(self, err: Exception) -> bool:
         """WebDataset handler for tar-level errors: warn, count, go on with the next shard."""
-        message = f"{type(err).__name__}: {str(err.args[0]) if err.args else err}"
+        if self.current_failed:  # a torn tar is reported twice (member, then stream)
+            return True
+        self.current_failed = True
+        if isinstance(err, OSError) and err.strerror:
+            detail = err.strerror
+        else:  # WebDataset appends the stream and URL to args; keep the message itself
+            detail = str(err.args[0]).split(" @ <", 1)[0] if err.args else ""
+        message = f"{type(err).__name__}: {detail}"
         self.shard_errors.append((self.current, message))
         log.warning("skipping unreadable shard %s (%s)", self.current, message)
         self.consecutive_failures += 1
@@ -291,11 +299,14 @@ def _worker_seed(seed: int) -> int:
 
 
 def epoch_shards(urls: Sequence[str], seed: int) -> Iterator[dict[str, str]]:
-    """Endless epochs, each shuffled alike on every rank, then split by rank and by worker."""
-    for epoch in itertools.count():
-        order = list(urls)
-        random.Random(seed + epoch).shuffle(order)  # same order everywhere: disjoint slices
-        yield from wds.split_by_worker(wds.split_by_node(dict(url=u) for u in order))
+    """Each rank, and each of its workers, its own fixed share of the shards, reshuffled every
+    epoch, endlessly (needs at least one shard per rank x worker)."""
+    items = (dict(url=u) for u in urls)
+    mine = [item["url"] for item in wds.split_by_worker(wds.split_by_node(items))]
+    rng = random.Random(_worker_seed(seed))
+    while True:
+        rng.shuffle(mine)
+        yield from (dict(url=u) for u in mine)
 
 
 def shuffled(src: Iterator[Any], bufsize: int, seed: int) -> Iterator[Any]:

@@ -1,0 +1,233 @@
+"""The trainer's data: aligned crops, shard specs, label names, loaders, bad shards, rank splits."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from shardfactory import factory_output  # noqa: F401  (a fixture)
+
+from schemas import SampleError
+from trainer import data
+from trainer.data import STEP_SAMPLES, crop_steps, make_loader, resolve_shards
+
+# ---------------------------------------------------------------------------------------------
+# Crops: audio step i must always come with teacher row i
+
+
+def stepped(seconds: float, frames: int | None = None):
+    """Audio whose every sample holds its 5 s step's index, and one-hot rows of that index."""
+    n = round(seconds * 22050)
+    audio = (np.arange(n) // STEP_SAMPLES).astype(np.int16)
+    frames = frames if frames is not None else max(1, n // STEP_SAMPLES)
+    return audio, {"h": np.eye(16, dtype=np.float16)[:frames]}
+
+
+def steps_of(wave: np.ndarray) -> list[int]:
+    chunks = wave.reshape(-1, STEP_SAMPLES)
+    assert (chunks == chunks[:, :1]).all(), "a crop boundary is not on a step boundary"
+    return chunks[:, 0].astype(int).tolist()
+
+
+def test_long_segment_gets_a_random_step_aligned_crop():
+    audio, probs = stepped(40.0)  # 8 whole steps
+    firsts = set()
+    rng = random.Random(0)
+    for _ in range(40):
+        wave, rows = crop_steps(audio, probs, 4, rng)
+        steps = steps_of(wave)
+        assert steps == list(range(steps[0], steps[0] + 4))
+        assert rows["h"].argmax(1).tolist() == steps
+        firsts.add(steps[0])
+    assert firsts == set(range(5))  # every aligned window is reachable
+    wave, _ = crop_steps(audio, probs, 4, None)  # validation: the central window
+    assert steps_of(wave) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(20.0, [0, 1, 2, 3]), (17.5, [0, 1, 2, 0]), (12.0, [0, 1, 0, 1]), (7.0, [0, 0, 0, 0])],
+)
+def test_short_segments_are_tiled_with_their_labels(seconds, expected):
+    audio, probs = stepped(seconds)
+    wave, rows = crop_steps(audio, probs, 4, random.Random(0))
+    assert len(wave) == 4 * STEP_SAMPLES
+    assert steps_of(wave) == expected
+    assert rows["h"].argmax(1).tolist() == expected  # the partial trailing step is dropped
+
+
+def test_segment_shorter_than_a_step_repeats_under_its_one_frame():
+    audio = (np.arange(3 * 22050) % 1000).astype(np.int16)
+    probs = {"h": np.eye(4, dtype=np.float16)[2:3]}
+    wave, rows = crop_steps(audio, probs, 4, None)
+    assert len(wave) == 4 * STEP_SAMPLES
+    assert np.array_equal(wave[: len(audio)], audio)
+    assert np.array_equal(wave[len(audio) : 2 * len(audio)], audio)  # cyclic repetition
+    assert rows["h"].argmax(1).tolist() == [2, 2, 2, 2]
+
+
+def test_fewer_frames_than_whole_steps_is_a_sample_error():
+    audio, probs = stepped(20.0, frames=3)
+    with pytest.raises(SampleError, match="4 whole 5 s steps but 3 h frames"):
+        crop_steps(audio, probs, 4, None, where="v-0001")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard specs and label names
+
+
+def test_shard_specs_all_find_the_same_shards(factory_output, tmp_path, caplog):  # noqa: F811
+    shards = factory_output / "shards"
+    expected = sorted(str(p) for p in shards.glob("*.tar"))
+    assert len(expected) == 4
+    for spec in (
+        str(factory_output),
+        str(shards),
+        f"{shards}/shard-{{000000..000003}}.tar",
+        f"{shards}/shard-*.tar",
+        f"{shards}/shard-{{000000..000001}}.tar::{shards}/shard-{{000002..000003}}.tar",
+    ):
+        source = resolve_shards(spec)
+        assert source.urls == expected, spec
+        assert source.root == str(factory_output), spec
+    # a directory of .tar files outside a pipeline output: no label names there
+    plain = tmp_path / "plain"
+    shutil.copytree(shards, plain)
+    source = resolve_shards(str(plain))
+    assert len(source.urls) == 4 and source.root is None
+    with caplog.at_level(logging.WARNING):
+        names = data.read_label_names(source, {"objects": 16})
+    assert names["objects"][:2] == ["objects_0", "objects_1"]
+    assert "no label names" in caplog.text
+    # a brace pattern naming more shards than exist: the rest, with a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        source = resolve_shards(f"{shards}/shard-{{000000..000005}}.tar")
+    assert len(source.urls) == 4 and "2 of 6 shards do not exist" in caplog.text
+
+
+def test_urls_pass_through_to_webdataset():
+    source = resolve_shards("https://host/data/OUT/shards/shard-{000000..000002}.tar")
+    assert source.urls == [f"https://host/data/OUT/shards/shard-00000{i}.tar" for i in range(3)]
+    assert source.root == "https://host/data/OUT"
+    pipe = resolve_shards("pipe:curl -s https://host/x/shard-{0..1}.tar")
+    assert pipe.urls == [f"pipe:curl -s https://host/x/shard-{i}.tar" for i in range(2)]
+    assert pipe.root is None
+
+
+def test_bad_shard_specs_are_clear_errors(tmp_path):
+    with pytest.raises(data.ShardSpecError, match="no shard files match"):
+        resolve_shards(str(tmp_path / "nothing-{0..3}.tar"))
+    with pytest.raises(data.ShardSpecError, match="no .tar shards"):
+        resolve_shards(str(tmp_path))
+
+
+def test_heads_and_label_names_come_from_the_pipeline_output(factory_output):  # noqa: F811
+    source = resolve_shards(str(factory_output))
+    heads = data.inspect_heads(source.urls)
+    assert {h: i.num_classes for h, i in heads.items()} == {"objects": 16, "scenes": 6}
+    names = data.read_label_names(source, {"objects": 16, "scenes": 6})
+    assert names["scenes"] == [f"scenes_class_{i}" for i in range(6)]
+    with pytest.raises(data.ShardSpecError, match="has 6 class names"):
+        data.read_label_names(source, {"scenes": 7})
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+
+
+def test_batches_hold_scaled_20s_waves_and_aligned_rows(factory_output):  # noqa: F811
+    urls = resolve_shards(str(factory_output)).urls
+    batch = next(iter(make_loader(urls, ["objects", "scenes"], 3, workers=0)))
+    assert batch["wave"].shape == (3, 4 * STEP_SAMPLES) and batch["wave"].dtype == torch.float32
+    assert 1.0 < batch["wave"].abs().max() <= 256.0  # int16 audio x 256 / 32768
+    assert batch["targets"]["objects"].shape == (3, 4, 16)
+    assert batch["targets"]["scenes"].shape == (3, 4, 6)
+    assert torch.allclose(batch["targets"]["objects"].sum(-1), torch.ones(3, 4), atol=1e-2)
+    assert batch["events"]["shards"]  # the shards opened so far travel with the batch
+
+
+def test_validation_loader_reads_every_sample_once(factory_output):  # noqa: F811
+    urls = resolve_shards(str(factory_output)).urls
+    keys = []
+    for batch in make_loader(urls, ["objects"], 4, train=False, workers=0):
+        keys += batch["keys"]
+    index = pq.read_table(factory_output / "index.parquet").column("key").to_pylist()
+    assert sorted(keys) == sorted(index)
+
+
+def corrupt_copies(factory_output: Path, folder: Path) -> tuple[list[str], list[str]]:  # noqa: F811
+    """The good shards plus a truncated one and one of random bytes."""
+    folder.mkdir()
+    good = [str(p) for p in sorted((factory_output / "shards").glob("*.tar"))]
+    truncated, garbage = folder / "shard-truncated.tar", folder / "shard-garbage.tar"
+    payload = Path(good[0]).read_bytes()
+    truncated.write_bytes(payload[: len(payload) // 2 + 1000])
+    garbage.write_bytes(np.random.default_rng(0).bytes(300_000))
+    return good, [str(truncated), str(garbage)]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_and_truncated_shards_are_skipped_and_counted(
+    factory_output,  # noqa: F811
+    tmp_path,
+    caplog,
+    workers,
+):
+    good, bad = corrupt_copies(factory_output, tmp_path / "bad")
+    loader = make_loader(
+        [bad[0], *good, bad[1]], ["objects"], 2, resample=False, workers=workers, shuffle_buffer=0
+    )
+    shard_errors, sample_errors, keys = [], [], []
+    with caplog.at_level(logging.WARNING):
+        for _, batch in zip(range(12), loader, strict=False):  # 10 samples an epoch: > 2 epochs
+            shard_errors += batch["events"]["shard_errors"]
+            sample_errors += batch["events"]["sample_errors"]
+            keys += batch["keys"]
+    failures = Counter(url for url, _ in shard_errors)
+    # random bytes (not a tar at all) and a torn tar (its readable part is still used): each
+    # counted once per read, over two epochs and more
+    assert failures[bad[0]] >= 2 and failures[bad[1]] >= 2
+    assert not set(failures) & set(good) and not sample_errors
+    assert len(keys) == 24
+    if workers == 0:  # worker processes log to their own stderr
+        assert "skipping unreadable shard" in caplog.text
+
+
+def test_all_shards_unreadable_is_an_error_not_a_hang(tmp_path):
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"not a tar" * 1000)
+    loader = make_loader([str(garbage)], ["objects"], 2, workers=0)
+    with pytest.raises(RuntimeError, match="shards are unreadable"):
+        next(iter(loader))
+
+
+def shards_opened(urls, monkeypatch, rank: int, world: int, resample: bool, batches: int):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    loader = make_loader(urls, ["objects"], 1, resample=resample, workers=0, shuffle_buffer=0)
+    opened = []
+    for _, batch in zip(range(batches), loader, strict=False):
+        opened += batch["events"]["shards"]
+    return opened
+
+
+def test_ranks_read_different_shards(factory_output, monkeypatch):  # noqa: F811
+    urls = resolve_shards(str(factory_output)).urls
+    # --no-resample: each rank its own half of the shards, epoch after epoch
+    rank0 = shards_opened(urls, monkeypatch, 0, 2, resample=False, batches=8)
+    rank1 = shards_opened(urls, monkeypatch, 1, 2, resample=False, batches=8)
+    assert len(rank0) > 2 and len(rank1) > 2  # more than one epoch each
+    assert set(rank0).isdisjoint(rank1) and set(rank0) | set(rank1) == set(urls)
+    # resampled: every rank its own random stream, reproducible for the same rank and seed
+    first = shards_opened(urls, monkeypatch, 0, 2, resample=True, batches=6)
+    again = shards_opened(urls, monkeypatch, 0, 2, resample=True, batches=6)
+    other = shards_opened(urls, monkeypatch, 1, 2, resample=True, batches=6)
+    assert first == again and first != other
