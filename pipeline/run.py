@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # Resume: finished shards are skipped, finished videos of unfinished shards reused.
-    todo = [t for t in tasks if not writer.shard_done(output, t.shard_id)]
+    done = finished_shards(output, tasks)
+    writer.remove_stale_files(output, done)
+    todo = [t for t in tasks if t.shard_id not in done]
     ready, pending = [], []
     for t in todo:
         part = writer.part_path(output, t.shard_id, t.video_id)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     beam_seconds = time.time() - beam_started
 
     index, failures = writer.merge_progress(output)
-    writer.remove_empty_part_dirs(output)
+    writer.remove_stale_files(output, finished_shards(output, tasks))
     counts = summarize(tasks, index, failures)
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def finished_shards(output: str, tasks: list[VideoTask]) -> set[int]:
+    return {s for s in {t.shard_id for t in tasks} if writer.shard_done(output, s)}
 
 
 def setup_logging() -> None:

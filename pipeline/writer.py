@@ -169,16 +169,26 @@ def merge_progress(output: str) -> tuple[pa.Table, pa.Table]:
     return index, failures
 
 
-def remove_empty_part_dirs(output: str) -> None:
-    """Tidy the work area once every shard is assembled (object stores have no directories)."""
-    root = Path(output) / PARTS_DIR
-    if "://" in output or not root.is_dir():
+def remove_stale_files(output: str, shard_ids: Iterable[int] = ()) -> None:
+    """Delete what killed writers left behind: temporary files, and the parts of `shard_ids`
+    (finished shards whose parts a kill kept from being deleted). Not for object stores'
+    multipart debris, which their lifecycle rules handle."""
+    if "://" in output or not Path(output).is_dir():
         return
-    for folder in sorted(root.iterdir(), reverse=True):
+    root = Path(output)
+    for path in root.rglob(f"*{TMP_MARKER}*"):
         with contextlib.suppress(OSError):
-            folder.rmdir()  # only succeeds when empty: parts of unfinished shards stay
+            path.unlink()
+    for shard_id in shard_ids:
+        folder = root / PARTS_DIR / shard_name(shard_id).removesuffix(".tar")
+        for path in folder.glob("*.tar"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    for folder in sorted((root / PARTS_DIR).glob("*"), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only empty ones: parts of unfinished shards stay
     with contextlib.suppress(OSError):
-        root.rmdir()
+        (root / PARTS_DIR).rmdir()
 
 
 def _table_bytes(table: pa.Table) -> bytes:

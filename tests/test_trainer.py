@@ -1,8 +1,8 @@
 """The trainer end to end: real shards, real optimiser steps, real checkpoints, real torchrun.
 
-Crops are 5 s here (SoundNet-8 maps a 5 s crop to one step for one teacher frame, as 20 s to
-four) so that the whole file stays within a couple of minutes on two shared cores; everything
-else runs with the paper's defaults.
+The training run on the pipeline's real shards uses the paper's 20 s crops; the other runs use
+5 s crops (SoundNet-8 maps a 5 s crop to one step for one teacher frame, as 20 s to four) so
+that the whole file stays within a couple of minutes on two shared cores.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(pipeline_output, 
     shards = sorted((pipeline_output / "shards").glob("*.tar"))
     pattern = f"{pipeline_output}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar"
     common = [f"--shards={pattern}", f"--out={run}", "--batch-size=4", "--log-every=1",
-              f"--val-shards={shards[-1]}", "--val-batches=4", *FAST]  # fmt: skip
+              f"--val-shards={shards[-1]}", "--val-batches=2", *FAST,
+              "--crop-seconds=20"]  # fmt: skip
     stderr = run_module(*common, "--steps=40", "--checkpoint-every=20", "--val-every=20",
                         "--progress")  # fmt: skip
     assert "samples_s=" in stderr  # the progress bar shows loss and samples/s
@@ -56,8 +57,8 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(pipeline_output, 
     train = read_metrics(run, "train")
     assert [r["step"] for r in train] == list(range(1, 41))
     losses = [r["loss"] for r in train]
-    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
-    assert last < 0.8 * first, f"the loss did not fall: {first:.3f} -> {last:.3f}"
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.95 * first, f"the loss did not fall: {first:.3f} -> {last:.3f}"
     assert all(r["samples_per_s"] > 0 and r["skipped_shards"] == 0 for r in train)
     val = read_metrics(run, "val")
     assert [r["step"] for r in val] == [20, 40]
@@ -112,14 +113,14 @@ def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_outpu
     bad = tmp_path / "shard-corrupt.tar"
     bad.write_bytes(os.urandom(100_000))
     run = tmp_path / "RUN"
-    # 6 batches of 2 > the 10 samples of one epoch: every shard is read at least once
-    trainer_main.main([f"--shards={factory_output}/shards/shard-{{000000..000003}}.tar::{bad}",
-                       f"--out={run}", "--steps=6", "--batch-size=2", "--no-resample",
+    # 5 samples > the 4 of one epoch of these shards: every shard is read at least once
+    trainer_main.main([f"--shards={factory_output}/shards/shard-{{000002..000003}}.tar::{bad}",
+                       f"--out={run}", "--steps=5", "--batch-size=1", "--no-resample",
                        "--loss=l2", *FAST])  # fmt: skip
     errors = read_metrics(run, "data_error")
     assert errors and errors[0]["url"] == str(bad) and "ReadError" in errors[0]["error"]
     train = read_metrics(run, "train")
-    assert train[-1]["step"] == 6 and train[-1]["skipped_shards"] >= 1
+    assert train[-1]["step"] == 5 and train[-1]["skipped_shards"] >= 1
     assert load_checkpoint(run / "last.pt")["config"]["loss"] == "l2"
 
 

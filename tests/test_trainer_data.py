@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
 import random
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -120,6 +123,23 @@ def test_urls_pass_through_to_webdataset():
     pipe = resolve_shards("pipe:curl -s https://host/x/shard-{0..1}.tar")
     assert pipe.urls == [f"pipe:curl -s https://host/x/shard-{i}.tar" for i in range(2)]
     assert pipe.root is None
+
+
+def test_shards_and_labels_over_http(factory_output):  # noqa: F811
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=factory_output)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        source = resolve_shards(f"{base}/shards/shard-{{000000..000003}}.tar")
+        assert source.root == base
+        heads = data.inspect_heads(source.urls)
+        names = data.read_label_names(source, {h: i.num_classes for h, i in heads.items()})
+        assert names["objects"][3] == "objects_class_3"
+        batch = next(iter(make_loader(source.urls, ["scenes"], 2, train=False, workers=0)))
+        assert batch["targets"]["scenes"].shape == (2, 4, 6)
+    finally:
+        server.shutdown()
 
 
 def test_bad_shard_specs_are_clear_errors(tmp_path):

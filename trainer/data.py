@@ -119,11 +119,11 @@ def inspect_heads(urls: Sequence[str], max_shards: int = 20) -> dict[str, HeadIn
     )
 
 
-def _read_text(location: str) -> str:
-    if is_url(location):
-        with wds.gopen(location) as stream:
-            return stream.read().decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
+def _read_labels(location: str) -> list[str]:
+    if not is_url(location):
+        return read_labels(location)
+    with wds.gopen(location) as stream:  # http(s), gs://, s3://, as the shards themselves
+        return [line for line in stream.read().decode("utf-8").splitlines() if line.strip()]
 
 
 def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str, list[str]]:
@@ -138,11 +138,7 @@ def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str,
                 else str(labels_path(source.root, head))
             )
             try:
-                found = (
-                    [n for n in _read_text(location).splitlines() if n.strip()]
-                    if is_url(location)
-                    else read_labels(location)
-                )
+                found = _read_labels(location)
             except Exception as err:  # missing or unreachable: generic names below
                 log.warning("cannot read label names %s (%s)", location, err)
             if found is not None and len(found) != num_classes:

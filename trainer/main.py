@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--crop-seconds {args.crop_seconds}: {args.arch} gives {steps_out} output steps for "
             f"{crop_steps} teacher frames; they must match one-to-one (20 s gives 4)"
         )
+    model.to(device)  # before the optimiser, so that its resumed state lands on the device
     optimizer = torch.optim.Adam(
         model.parameters(), args.lr, betas=(args.beta1, args.beta2), weight_decay=args.weight_decay
     )
@@ -384,7 +385,6 @@ def main(argv: list[str] | None = None) -> None:
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
         return
-    model.to(device)
     raw_model = model
     if world > 1:
         model = DistributedDataParallel(

@@ -1,0 +1,169 @@
+"""Linear-SVM evaluation of a network's hidden layers (or the MFCC baseline) on a dataset's own
+folds, beside the paper's table.
+
+    python -m eval.run --checkpoint original:soundnet8 --dataset esc50 --subset esc10 \
+        --root ../shared/data/esc10 --layer all [--protocol paper] [--out DIR]
+    python -m eval.run --features mfcc --dataset esc50 --root ESC-50
+
+`--checkpoint` takes RUN/last.pt, original:soundnet8, random:soundnet8|soundnet5 or a Torch7
+`.t7` release file. Writes results.json, results.md, confusion.png and layers.png to --out and
+prints the mean accuracy last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from eval.audio import AudioError
+from eval.datasets import DATASETS, Dataset, DatasetError, load_dataset
+from eval.features import DEFAULT_SECONDS, extract_features, resolve_layers, set_threads
+from eval.mfcc import extract_mfcc
+from eval.report import plot_confusion, plot_layers, results_markdown, write_json
+from eval.svm import PAPER_C, PROTOCOLS, FoldResult, clip_samples, cross_validate
+from schemas.io import write_text_atomic
+from trainer.checkpoint import CheckpointError
+from trainer.pretrained import PretrainedError, load_pretrained
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m eval.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", help="RUN/last.pt, original:soundnet8, random:ARCH or a .t7")
+    p.add_argument("--features", choices=("network", "mfcc"), default="network")
+    p.add_argument("--dataset", choices=DATASETS, default="esc50")
+    p.add_argument("--root", required=True, type=Path, help="the dataset's folder")
+    p.add_argument("--subset", choices=("esc10",), help="ESC-50's ESC-10 subset")
+    p.add_argument("--meta", type=Path, help="generic layout: CSV of filename,fold,label")
+    p.add_argument("--layer", default="pool5", help="conv4..conv8, pool5, ... or 'all'")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="pooled")
+    p.add_argument("--C", type=float, help="fixed SVM C (default: inner CV; paper: 0.01)")
+    p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
+    p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="tile clips to this")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=None, help="parallel inner-CV fits")
+    p.add_argument("--out", type=Path, help="output folder (default runs/eval-DATASET-NAME)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.features == "network" and not args.checkpoint:
+        p.error("--checkpoint is required (or --features mfcc)")
+    if args.features == "mfcc" and args.protocol == "paper":
+        p.error("--protocol paper needs frame features; the MFCC baseline is one vector a clip")
+    return args
+
+
+def _description(args: argparse.Namespace) -> str:
+    return "SVM on MFCC + ZCR" if args.features == "mfcc" else str(args.checkpoint)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in Path(text).stem or text).strip("-")
+
+
+def compute_samples(
+    args: argparse.Namespace, dataset: Dataset
+) -> tuple[dict[str, list[np.ndarray]], float]:
+    """{layer: per-clip SVM samples} and the feature seconds per clip."""
+    paths = [clip.path for clip in dataset.clips]
+    progress = not args.no_progress
+    start = time.perf_counter()
+    if args.features == "mfcc":
+        samples = {"mfcc": [v[None] for v in extract_mfcc(paths, progress)]}
+    else:
+        model, _ = load_pretrained(args.checkpoint)
+        layers = resolve_layers(model, args.layer)
+        features = extract_features(
+            model, paths, layers, args.seconds, args.batch_size, progress=progress
+        )
+        samples = {name: clip_samples(feats, args.protocol) for name, feats in features.items()}
+    return samples, (time.perf_counter() - start) / max(1, len(paths))
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    set_threads()
+    dataset = load_dataset(args.dataset, args.root, args.subset, args.meta)
+    if args.folds:
+        dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
+    samples, per_clip = compute_samples(args, dataset)
+    C = args.C if args.C is not None else (PAPER_C if args.protocol == "paper" else None)
+    standardize = args.protocol == "pooled"
+    start = time.perf_counter()
+    per_layer: dict[str, list[FoldResult]] = {}
+    for layer, layer_samples in samples.items():
+        per_layer[layer] = cross_validate(
+            layer_samples, dataset.labels, dataset.folds, C, standardize, args.jobs
+        )
+    svm_seconds = time.perf_counter() - start
+    layers = {
+        layer: {
+            "accuracy_per_fold": [r.accuracy for r in folds],
+            "accuracy_mean": float(np.mean([r.accuracy for r in folds])),
+            "C_per_fold": [r.C for r in folds],
+        }
+        for layer, folds in per_layer.items()
+    }
+    headline = "pool5" if "pool5" in layers else max(layers, key=lambda k: layers[k]["accuracy_mean"])
+    y_true = np.concatenate([r.y_true for r in per_layer[headline]])
+    y_pred = np.concatenate([r.y_pred for r in per_layer[headline]])
+    return {
+        "dataset": dataset.name,
+        "root": str(args.root),
+        "features": args.features,
+        "checkpoint": args.checkpoint if args.features == "network" else None,
+        "description": _description(args),
+        "layer": headline,
+        "protocol": args.protocol if args.features == "network" else "clip",
+        "C": C if C is not None else "inner-cv",
+        "accuracy_per_fold": layers[headline]["accuracy_per_fold"],
+        "accuracy_mean": layers[headline]["accuracy_mean"],
+        "layers": layers,
+        "folds": sorted(int(f) for f in np.unique(dataset.folds)),
+        "num_clips": len(dataset.clips),
+        "classes": dataset.classes,
+        "confusion_matrix": confusion_matrix(
+            y_true, y_pred, labels=np.arange(len(dataset.classes))
+        ).tolist(),
+        "seconds": {"features_per_clip": per_clip, "svm": svm_seconds},
+    }
+
+
+def write_outputs(out: Path, results: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    write_text_atomic(out / "results.md", results_markdown(results))
+    layer = results["layer"]
+    cm = np.array(results["confusion_matrix"])
+    y_true = np.repeat(np.arange(len(cm)), cm.sum(axis=1))
+    y_pred = np.concatenate([np.repeat(np.arange(len(row)), row) for row in cm])
+    title = f"{results['dataset']}: {results['description']}, {layer}"
+    plot_confusion(out / "confusion.png", y_true, y_pred, results["classes"], title)
+    accuracy = {name: entry["accuracy_mean"] for name, entry in results["layers"].items()}
+    plot_layers(out / "layers.png", accuracy, f"{results['dataset']}: {results['description']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        results = evaluate(args)
+    except (DatasetError, AudioError, PretrainedError, CheckpointError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    out = args.out or Path("runs") / f"eval-{results['dataset']}-{_slug(results['description'])}"
+    write_outputs(out, results)
+    for layer, entry in results["layers"].items():
+        folds = " ".join(f"{a:.3f}" for a in entry["accuracy_per_fold"])
+        print(f"{layer:>6}  {entry['accuracy_mean']:.4f}  (folds {folds})")
+    print(f"wrote {out}/results.json, results.md, confusion.png, layers.png")
+    print(f"mean accuracy: {results['accuracy_mean']:.4f} ({results['layer']})")
+
+
+if __name__ == "__main__":
+    main()
