@@ -51,8 +51,9 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(pipeline_output, 
               f"--val-shards={shards[-1]}", "--val-batches=2", *FAST,
               "--crop-seconds=20"]  # fmt: skip
     stderr = run_module(*common, "--steps=40", "--checkpoint-every=20", "--val-every=20",
-                        "--progress")  # fmt: skip
+                        "--progress", "--tensorboard")  # fmt: skip
     assert "samples_s=" in stderr  # the progress bar shows loss and samples/s
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     train = read_metrics(run, "train")
     assert [r["step"] for r in train] == list(range(1, 41))
@@ -97,7 +98,7 @@ def test_torchrun_two_cpu_ranks_read_different_shards(factory_output, tmp_path):
                 "--nproc-per-node=2"]  # fmt: skip
     run_module(f"--shards={factory_output}", f"--out={run}", "--steps=3", "--batch-size=2",
                "--no-resample", "--checkpoint-every=0", "--log-every=1", *FAST,
-               launcher=torchrun)  # fmt: skip
+               f"--val-shards={factory_output}", "--val-batches=1", launcher=torchrun)  # fmt: skip
     record = json.loads((run / "run.json").read_text())
     assert record["world_size"] == 2
     read = [set(r["shards_read"]) for r in sorted(record["ranks"], key=lambda r: r["rank"])]
@@ -107,6 +108,8 @@ def test_torchrun_two_cpu_ranks_read_different_shards(factory_output, tmp_path):
     train = read_metrics(run, "train")
     assert train[-1]["samples"] == 3 * 2 * 2  # both ranks' samples are counted
     assert load_checkpoint(run / "last.pt")["world_size"] == 2
+    val = read_metrics(run, "val")
+    assert len(val) == 1 and val[0]["samples"] == 2 * 2  # one batch from each rank, summed
 
 
 def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_output, tmp_path):  # noqa: F811
@@ -116,12 +119,13 @@ def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_outpu
     # 5 samples > the 4 of one epoch of these shards: every shard is read at least once
     trainer_main.main([f"--shards={factory_output}/shards/shard-{{000002..000003}}.tar::{bad}",
                        f"--out={run}", "--steps=5", "--batch-size=1", "--no-resample",
-                       "--loss=l2", *FAST])  # fmt: skip
+                       "--loss=l2", "--checkpoint-every=2", "--keep-checkpoints=2", *FAST])  # fmt: skip
     errors = read_metrics(run, "data_error")
     assert errors and errors[0]["url"] == str(bad) and "ReadError" in errors[0]["error"]
     train = read_metrics(run, "train")
     assert train[-1]["step"] == 5 and train[-1]["skipped_shards"] >= 1
     assert load_checkpoint(run / "last.pt")["config"]["loss"] == "l2"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt", "step-4.pt", "step-5.pt"]
 
 
 def nan_at(step: int, monkeypatch) -> None:
@@ -148,12 +152,15 @@ def test_nonfinite_loss_stops_the_run_without_saving(factory_output, tmp_path, m
 
 
 def test_nonfinite_loss_can_skip_the_step(factory_output, tmp_path, monkeypatch):  # noqa: F811
-    nan_at(2, monkeypatch)
+    nan_at(3, monkeypatch)  # the last step: the run still ends with its checkpoint
     run = tmp_path / "RUN"
     trainer_main.main([f"--shards={factory_output}", f"--out={run}", "--steps=3",
-                       "--batch-size=1", "--on-nonfinite=skip", "--arch=soundnet5", *FAST])  # fmt: skip
-    assert [r["step"] for r in read_metrics(run, "skip")] == [2]
+                       "--batch-size=1", "--on-nonfinite=skip", "--arch=soundnet5", *FAST,
+                       "--precision=bf16"])  # fmt: skip
+    assert [r["step"] for r in read_metrics(run, "skip")] == [3]
+    assert [r["step"] for r in read_metrics(run, "train")] == [3]  # steps 1-2 averaged
     ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 3 and int(ckpt["optimizer"]["state"][0]["step"]) == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from shardfactory import factory_output  # noqa: F401  (a fixture)
+import webdataset as wds
+from shardfactory import clips, factory_output, make_samples  # noqa: F401  (a fixture)
 
-from schemas import SampleError
+from schemas import SampleError, encode_sample
 from trainer import data
 from trainer.data import STEP_SAMPLES, crop_steps, make_loader, resolve_shards
 
@@ -219,6 +220,20 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(
     assert len(keys) == 24
     if workers == 0:  # worker processes log to their own stderr
         assert "skipping unreadable shard" in caplog.text
+
+
+def test_a_bad_sample_is_skipped_and_counted_with_its_shard(tmp_path):
+    samples = make_samples(clips(2), [5.0, 5.0])
+    shard = tmp_path / "shard-000000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        bad = encode_sample(samples[0])
+        bad["flac"] = bad["flac"][:100]  # a torn FLAC stream
+        sink.write(bad)
+        sink.write(encode_sample(samples[1]))
+    batch = next(iter(make_loader([str(shard)], ["objects"], 1, train=False, workers=0)))
+    assert batch["keys"] == [samples[1].key]
+    [(url, message)] = batch["events"]["sample_errors"]
+    assert url == str(shard) and samples[0].key in message and "FLAC" in message
 
 
 def test_all_shards_unreadable_is_an_error_not_a_hang(tmp_path):

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.model import SOUNDNET8, WAVE_SCALE, ConvBlock, ConvSpec, prepare_waveform
+from trainer.model import (
+    SOUNDNET8,
+    WAVE_SCALE,
+    ConvSpec,
+    conv_body,
+    paper_init,
+    prepare_waveform,
+)
 
 ENCODER = SOUNDNET8[:4]  # conv1 (+pool1), conv2 (+pool2), conv3, conv4
 # (in, out, kernel, stride, padding), chosen so that each layer's output = stride * its input
@@ -45,13 +52,7 @@ class ConvAutoencoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.head_sizes: dict[str, int] = {}  # no teacher heads; keeps the checkpoint format
-        self.body = nn.ModuleDict()
-        in_channels = 1
-        for spec in ENCODER:
-            self.body[spec.name] = ConvBlock(in_channels, spec)
-            if spec.pool:
-                self.body[spec.pool_name] = nn.MaxPool1d(spec.pool, spec.pool)
-            in_channels = spec.out_channels
+        self.body = conv_body(ENCODER)
         layers: list[nn.Module] = []
         for i, (cin, cout, kernel, stride, padding) in enumerate(DECODER):
             layers.append(nn.ConvTranspose1d(cin, cout, kernel, stride, padding))
@@ -67,14 +68,7 @@ class ConvAutoencoder(nn.Module):
         return list(self.body.keys())
 
     def reset_parameters(self) -> None:
-        """SoundNet's init: conv weights N(0, 0.01), BatchNorm gamma N(1, 0.02), zero biases."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm1d):
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
+        paper_init(self)  # SoundNet's, decoder included
 
     def features(
         self, wave: torch.Tensor, layers: str | Sequence[str] = "conv4"

@@ -254,8 +254,9 @@ class LoaderEvents:
         """WebDataset handler for the per-sample map: skip bad samples, re-raise real bugs."""
         if not isinstance(err, SampleError):
             raise err
-        self.sample_errors.append((self.current, str(err)))
-        log.warning("skipping bad sample in %s: %s", self.current, err)
+        url = getattr(err, "url", self.current)
+        self.sample_errors.append((url, str(err)))
+        log.warning("skipping bad sample in %s: %s", url, err)
         return True
 
     def decoded(self) -> None:
@@ -330,7 +331,11 @@ class Cropper:
     def __call__(self, raw: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
         if self.train and self.rng is None:
             self.rng = random.Random(_worker_seed(self.seed + 1))
-        example = make_example(raw, self.heads, self.steps, self.rng)
+        try:
+            example = make_example(raw, self.heads, self.steps, self.rng)
+        except SampleError as err:
+            err.url = raw.get("__url__", "?")  # which shard: the shuffle buffer mixes them
+            raise
         self.events.decoded()
         return example
 
@@ -375,5 +380,5 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=2 if workers else None,
     )

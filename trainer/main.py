@@ -60,6 +60,12 @@ MAX_SKIPPED_IN_A_ROW = 10
 # Options: the paper's defaults (Adam, lr 0.001, beta1 0.9, batch 64, 20 s crops)
 
 
+def default_workers() -> int:
+    """The machine's cores shared between the ranks on it (at most 8 a rank)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(8, (os.cpu_count() or 1) // local_ranks))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.main",
@@ -70,24 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shards", required=True, help="brace pattern, glob, pipeline output dir, "
                    "dir of .tar, or http(s):// / pipe: URLs; join several with '::'")  # fmt: skip
     g.add_argument("--val-shards", help="validation shards, same forms as --shards")
-    g.add_argument("--heads", default="", help="comma-separated teacher heads (default: all)")
+    g.add_argument("--heads", default="", help="comma-separated teacher heads; empty: all")
     g.add_argument("--crop-seconds", type=float, default=20.0,
                    help="training crop, whole 5 s teacher steps (the paper: 20)")  # fmt: skip
     g.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
-                   help="resample shards per rank (balanced); --no-resample splits epochs")  # fmt: skip
+                   help="resample shards per rank (balanced); no: each rank its own share")  # fmt: skip
     g.add_argument("--shuffle-buffer", type=int, default=256, help="samples (0: no shuffling)")
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--workers", type=int, default=default_workers(),
                    help="data loader processes per rank")  # fmt: skip
     g = p.add_argument_group("model and loss")
-    g.add_argument("--arch", choices=ARCHS, default="soundnet8")
+    g.add_argument("--arch", choices=ARCHS, default="soundnet8", help="the student")
     g.add_argument("--loss", choices=LOSSES, default="kl", help="l2: the paper's ablation")
-    g.add_argument("--init", help="start from this checkpoint's weights (matching layers)")
+    g.add_argument("--init", help="start from these weights (matching layers): a checkpoint, "
+                   "original:soundnet8, a .t7 release")  # fmt: skip
     g = p.add_argument_group("optimiser")
     g.add_argument("--batch-size", type=int, default=64, help="per rank")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.999)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
     g.add_argument("--steps", type=int, default=100_000, help="total optimiser steps")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear lr warmup")
     g.add_argument("--decay", choices=("none", "cosine"), default="none",
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--log-every", type=int, default=10, help="steps per metrics line")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="(and at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=0, help="keep the newest N (0: all)")
     g.add_argument("--val-every", type=int, default=1000, help="(and at the end)")
@@ -105,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="init, crops, shard order")
     g.add_argument("--on-nonfinite", choices=("stop", "skip"), default="stop",
                    help="a NaN/inf loss stops the run, or skips that step (logged)")  # fmt: skip
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="also log to OUT/tensorboard when tensorboard is installed")  # fmt: skip
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on rank 0")  # fmt: skip
     return p
 
 
@@ -384,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         init_weights(model, args.init)
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
+        if dist.is_initialized():
+            dist.destroy_process_group()
         return
     raw_model = model
     if world > 1:
@@ -487,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
             skipped["shards"] += int(total[2])
             skipped["samples"] += int(total[3])
 
-            if total[1] > 0:  # some rank's loss is NaN/inf: all ranks agree on what to do
+            finite = total[1] == 0  # the same answer on every rank, so all act alike
+            if not finite:
                 message = (
                     f"step {step}: the loss is not finite ({loss.item()} on rank {rank}; "
                     f"per head { ({h: v.item() for h, v in per_head.items()}) }, lr {lr:g})"
@@ -503,30 +515,28 @@ def main(argv: list[str] | None = None) -> None:
                 log.warning("%s: skipped", message)
                 if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
                     raise NonFiniteLoss(f"{skipped_in_a_row} non-finite steps in a row; stopping")
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            skipped_in_a_row = 0
 
-            loss.backward()
-            if args.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
+            loss.backward()  # also when skipping: keeps DDP's gradient reducer in step
+            if finite:
+                if args.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+                optimizer.step()
+                skipped_in_a_row = 0
+                samples_seen += len(wave) * world
+                offset = 4 + len(per_head)
+                for h in prior_sum:
+                    prior_sum[h] += total[offset : offset + len(prior_sum[h])]
+                    offset += len(prior_sum[h])
+                prior_rows += len(wave) * world * crop_steps
+                window["loss"] += total[0].item() / world
+                for j, h in enumerate(per_head):
+                    window[f"loss_{h}"] += total[4 + j].item() / world
+                window["steps"] += 1
             optimizer.zero_grad(set_to_none=True)
-
-            samples_seen += len(wave) * world
-            offset = 4 + len(per_head)
-            for h in prior_sum:
-                prior_sum[h] += total[offset : offset + len(prior_sum[h])]
-                offset += len(prior_sum[h])
-            prior_rows += len(wave) * world * crop_steps
-            window["loss"] += total[0].item() / world
-            for j, h in enumerate(per_head):
-                window[f"loss_{h}"] += total[4 + j].item() / world
-            window["steps"] += 1
             bar.update(1)
 
             last_step = step == args.steps
-            if step % args.log_every == 0 or last_step:
+            if (step % args.log_every == 0 or last_step) and window["steps"]:
                 elapsed = time.time() - tick
                 n = window.pop("steps")
                 rate = n * args.batch_size * world / max(elapsed, 1e-9)

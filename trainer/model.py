@@ -91,6 +91,29 @@ class ConvBlock(nn.Sequential):
         )
 
 
+def conv_body(blocks: Sequence[ConvSpec]) -> nn.ModuleDict:
+    """ConvBlocks and their max-pools by layer name, input to output, from a mono waveform."""
+    body = nn.ModuleDict()
+    in_channels = 1
+    for spec in blocks:
+        body[spec.name] = ConvBlock(in_channels, spec)
+        if spec.pool:
+            body[spec.pool_name] = nn.MaxPool1d(spec.pool, spec.pool)
+        in_channels = spec.out_channels
+    return body
+
+
+def paper_init(model: nn.Module) -> None:
+    """The paper's init: conv weights N(0, 0.01), BatchNorm gamma N(1, 0.02), zero biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d | nn.ConvTranspose1d):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+
+
 class SoundNet(nn.Module):
     """A stack of ConvBlocks (with max-pools) and one conv head per teacher."""
 
@@ -101,13 +124,8 @@ class SoundNet(nn.Module):
         self.block_specs = tuple(blocks)
         self.head_spec = head
         self.head_sizes = dict(heads)
-        self.body = nn.ModuleDict()
-        in_channels = 1
-        for spec in blocks:
-            self.body[spec.name] = ConvBlock(in_channels, spec)
-            if spec.pool:
-                self.body[spec.pool_name] = nn.MaxPool1d(spec.pool, spec.pool)
-            in_channels = spec.out_channels
+        self.body = conv_body(blocks)
+        in_channels = blocks[-1].out_channels
         self.heads = nn.ModuleDict(
             {
                 name: nn.Conv1d(in_channels, size, head.kernel, head.stride, head.padding)
@@ -123,14 +141,7 @@ class SoundNet(nn.Module):
         return [*self.body.keys(), self.head_spec.name]
 
     def reset_parameters(self) -> None:
-        """The paper's init: conv weights N(0, 0.01), BatchNorm gamma N(1, 0.02), zero biases."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv1d):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm1d):
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
+        paper_init(self)
 
     def _min_input_samples(self) -> int:
         """Shortest input that gives one head step: walk the layers backwards."""

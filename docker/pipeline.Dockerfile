@@ -1,0 +1,23 @@
+# Pipeline worker: Beam's Python 3.11 SDK image of the pinned Beam version, plus ffmpeg and the
+# project. Use it as --sdk_container_image (Dataflow) or --environment_config (Flink/Spark
+# portable runners), or run the pipeline itself as a batch job:
+#   docker run --rm --entrypoint python IMAGE -m pipeline.run --runner=DirectRunner ...
+FROM apache/beam_python3.11_sdk:2.77.0
+
+# ffmpeg decodes every input; Debian bookworm's 5.1 is what the tests run against.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg=7:5.1.* \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/soundnet
+# requirements.txt is the one source of truth for every install (see tests/test_docker.py).
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY schemas/ schemas/
+COPY pipeline/ pipeline/
+ENV PYTHONPATH=/opt/soundnet
+
+RUN groupadd --gid 1000 soundnet && useradd --create-home --uid 1000 --gid 1000 soundnet
+USER 1000:1000
+# The SDK image's own entrypoint (/opt/apache/beam/boot) stays, so runners can start workers.

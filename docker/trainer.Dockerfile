@@ -1,0 +1,23 @@
+# Trainer: reads shards (local paths, http(s):// or pipe: URLs) and trains with torchrun.
+#   docker run --gpus all --rm IMAGE --nproc-per-node=8 -m trainer.main --shards=... --out=/runs/a
+FROM python:3.11-slim-bookworm
+
+# ffmpeg lets eval.predict read video files; the trainer itself only reads shards.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg=7:5.1.* \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/soundnet
+# requirements.txt is the one source of truth for every install (see tests/test_docker.py).
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY schemas/ schemas/
+COPY trainer/ trainer/
+COPY eval/ eval/
+ENV PYTHONPATH=/opt/soundnet
+
+RUN groupadd --gid 1000 soundnet && useradd --create-home --uid 1000 --gid 1000 soundnet
+USER 1000:1000
+ENTRYPOINT ["torchrun"]
+CMD ["--standalone", "--nproc-per-node=1", "-m", "trainer.main", "--help"]

@@ -1,0 +1,354 @@
+"""pipeline/media.py on real files: the shared clips and small clips ffmpeg makes here."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import media
+from pipeline.errors import InputError
+
+SR = 22050
+ROTATED_270 = "media3_internal_emulator_transformer_output_270_rotated.mp4"
+ROTATED_90 = "media3_sample_with_color_info.mp4"  # HEVC 10-bit, display matrix -90
+
+
+def ffmpeg(*args: str) -> bytes:
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return proc.stdout
+
+
+def av1_encoder() -> str:
+    listing = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("libsvtav1", "libaom-av1", "librav1e"):  # fastest first
+        if re.search(rf"^\s*V\S*\s+{re.escape(name)}\s", listing, re.M):
+            return name
+    pytest.fail("this ffmpeg has no AV1 encoder (Debian's ffmpeg 5.1 has three)")
+
+
+def ffmpeg_frame(path: Path | str, at_or_after: float, autorotate: bool = True) -> np.ndarray:
+    """ffmpeg's own full-size RGB decode of the first frame starting at or after a time."""
+    flags = [] if autorotate else ["-noautorotate"]
+    probe = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", *flags, "-i", str(path), "-frames:v", "1",
+         "-vf", f"select='gte(t,{at_or_after})',showinfo", "-f", "rawvideo",
+         "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    width, height = map(int, re.search(rb" s:(\d+)x(\d+) ", probe.stderr).groups())
+    return np.frombuffer(probe.stdout, np.uint8).reshape(height, width, 3)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def every_frame(path: str, info: media.MediaInfo) -> tuple[np.ndarray, np.ndarray]:
+    """All frames, cropped the way sample_frames crops, with their times from the start."""
+    width, height = media.resized_size(info.display_size, 256)
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-copyts", "-i", path,
+         "-map", f"0:{info.video_stream_index}", "-vf",
+         f"scale={width}:{height}:flags=bicubic,showinfo", "-fps_mode", "passthrough",
+         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    frames = np.frombuffer(proc.stdout, np.uint8).reshape(-1, height, width, 3)
+    times = np.array([float(t) for t in re.findall(rb"pts_time:(\S+)", proc.stderr)])
+    assert len(times) == len(frames)
+    return media.center_crop(frames, 224), times - info.start_time_s
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """Small clips made by ffmpeg: AV1, no audio, no video, late audio, 5.1 with one channel."""
+    out = tmp_path_factory.mktemp("made")
+    src = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3"]
+    sine = ["-f", "lavfi", "-i", "sine=frequency=440:duration=3"]
+    paths = {name: out / name for name in
+             ("av1.mp4", "silent.mp4", "sound.m4a", "late.mp4", "fc.mkv", "bl.mkv")}  # fmt: skip
+    ffmpeg(*src, *sine, "-c:v", av1_encoder(), "-c:a", "aac", "-shortest", str(paths["av1.mp4"]))
+    ffmpeg(*src, "-an", "-c:v", "libx264", "-preset", "ultrafast", str(paths["silent.mp4"]))
+    ffmpeg(*sine, "-vn", "-c:a", "aac", str(paths["sound.m4a"]))
+    ffmpeg(*src, "-itsoffset", "1", *sine, "-map", "0:v", "-map", "1:a", "-c:v", "libx264",
+           "-preset", "ultrafast", "-c:a", "aac", str(paths["late.mp4"]))  # fmt: skip
+    for name, channel in (("fc.mkv", "FC"), ("bl.mkv", "BL")):  # one 5.1 channel carries sound
+        ffmpeg(*src, *sine, "-filter_complex", f"[1:a]pan=5.1|{channel}=c0[a]", "-map", "0:v",
+               "-map", "[a]", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le",
+               str(paths[name]))  # fmt: skip
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+def test_probe_reads_codecs_rates_channels_and_sizes(shared_videos):
+    info = media.probe(str(shared_videos / "mdn-ie_friday.mp4"))
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert (info.audio_sample_rate, info.audio_channels) == (44100, 2)
+    assert (info.width, info.height, info.rotation) == (640, 480, 0)
+    assert info.fps == pytest.approx(30.0)
+    assert info.duration_s == pytest.approx(6.166, abs=0.01)
+    assert info.audio_stream_index == 0 and info.video_stream_index == 1  # audio comes first
+
+    surround = media.probe(str(shared_videos / "media3_bbb_960x540_60fps_vp8.webm"))
+    assert (surround.video_codec, surround.audio_codec) == ("vp9", "vorbis")  # despite its name
+    assert (surround.audio_sample_rate, surround.audio_channels) == (48000, 6)
+    assert surround.audio_duration_s == pytest.approx(1.0, abs=0.05)  # Matroska DURATION tag
+
+    nasa = media.probe(str(shared_videos / "torchcodec_nasa_13013.mp4"))
+    assert nasa.audio_sample_rate == 8000
+    # two video streams: the larger one, as ffmpeg itself would pick
+    assert nasa.num_video_streams == 2
+    assert (nasa.video_stream_index, nasa.width, nasa.height) == (3, 480, 270)
+
+    grid = media.probe(str(shared_videos / "grid_lipnet-bbaf2n.mpg"))
+    assert (grid.video_codec, grid.audio_codec, grid.format_name) == ("mpeg1video", "mp2", "mpeg")
+
+
+def test_probe_reads_rotation_as_degrees_clockwise(shared_videos):
+    # display matrix rotation 90 (counter-clockwise) -> turn 270 clockwise; -90 -> 90
+    rotated = media.probe(str(shared_videos / ROTATED_270))
+    assert rotated.rotation == 270
+    assert (rotated.width, rotated.height, rotated.display_size) == (1280, 720, (720, 1280))
+    other = media.probe(str(shared_videos / ROTATED_90))
+    assert other.rotation == 90 and other.display_size == (1080, 1920)
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "media3_bbb_960x540_60fps_vp8.webm",  # 6 channels
+        "torchcodec_nasa_13013.mp4",  # 8 kHz
+        "mdn-ie_stream-of-water.mp4",  # mono
+    ],
+)
+def test_decode_audio_is_mono_22050_int16_of_the_whole_track(shared_videos, name):
+    path = str(shared_videos / name)
+    info = media.probe(path)
+    audio = media.decode_audio(path, info)
+    assert audio.dtype == np.int16 and audio.ndim == 1
+    expected = (info.audio_duration_s or info.duration_s) * SR
+    assert len(audio) == pytest.approx(expected, rel=0.03)
+    assert audio.astype(np.float64).std() > 50  # real sound, not silence
+
+
+@pytest.mark.parametrize("name", ["fc.mkv", "bl.mkv"])
+def test_decode_audio_mixes_every_channel_not_just_the_first(made, name):
+    info = media.probe(str(made[name]))
+    assert info.audio_channels == 6
+    audio = media.decode_audio(str(made[name]), info)
+    assert len(audio) == pytest.approx(3 * SR, rel=0.01)
+    assert audio.astype(np.float64).std() > 300  # the one live channel is in the mix
+
+
+def test_decode_audio_pads_a_late_stream_to_the_container_start(made):
+    info = media.probe(str(made["late.mp4"]))
+    assert info.audio_start_time_s == pytest.approx(1.0, abs=0.05)
+    audio = media.decode_audio(str(made["late.mp4"]), info)
+    assert len(audio) == pytest.approx(4 * SR, rel=0.02)
+    assert not audio[: int(0.95 * SR)].any()  # silence until the sound starts
+    assert audio[int(1.1 * SR) :].astype(np.float64).std() > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+@pytest.mark.parametrize("name", [ROTATED_270, ROTATED_90])
+def test_rotated_frames_come_out_as_ffmpeg_displays_them(shared_videos, name):
+    path = str(shared_videos / name)
+    info = media.probe(path)
+    period = 1 / info.fps
+    index = 4
+    # inside frame 4's display interval, and just before its start for ffmpeg's "at or after"
+    ours, backend = media.sample_frames_with_backend(path, info, [(index + 0.25) * period])
+    assert backend == "decord" and ours.shape == (1, 224, 224, 3)
+
+    shown = ffmpeg_frame(path, (index - 0.25) * period)
+    assert shown.shape[0] > shown.shape[1]  # portrait, as displayed
+    assert mean_abs_diff(ours[0], media.resize_and_crop(shown)) < 10
+
+    coded = media.resize_and_crop(ffmpeg_frame(path, (index - 0.25) * period, autorotate=False))
+    assert mean_abs_diff(ours[0], coded) > 25  # the unrotated frame is a different picture
+    # turning the coded frame by `rotation` degrees clockwise gives the displayed one
+    assert mean_abs_diff(ours[0], media.rotate_frames(coded[None], info.rotation)[0]) < 10
+
+    via_ffmpeg, _ = media.sample_frames_with_backend(
+        path, info, [(index + 0.25) * period], backend="ffmpeg"
+    )
+    assert mean_abs_diff(ours, via_ffmpeg) < 5
+
+
+def test_av1_goes_through_the_ffmpeg_fallback(made):
+    path = str(made["av1.mp4"])
+    info = media.probe(path)
+    assert info.video_codec == "av1"
+    times = [0.5, 1.5, 2.5, 9.0]  # the last is past the end: the last frame
+    frames, backend = media.sample_frames_with_backend(path, info, times)
+    assert backend == "ffmpeg" and frames.shape == (4, 224, 224, 3) and frames.dtype == np.uint8
+    for frame, t in zip(frames[:3], times[:3], strict=True):
+        assert mean_abs_diff(frame, media.resize_and_crop(ffmpeg_frame(path, t - 0.02))) < 5
+    assert mean_abs_diff(frames[0], frames[1]) > 5  # testsrc moves: different times differ
+    assert mean_abs_diff(frames[3], media.resize_and_crop(ffmpeg_frame(path, 2.96))) < 5
+    with pytest.raises(InputError, match="decord cannot decode av1") as err:
+        media.sample_frames_with_backend(path, info, [1.0], backend="decord")
+    assert err.value.stage == "decode_frames"
+    assert len(media.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mdn-ie_stream-of-water.webm",  # VP8 hidden frames: decord's numbering drifts
+        "mmaction2_test.avi",  # AVI: no timestamps in decord
+        "grid_lipnet-bbaf2n.mpg",  # MPEG-PS: decord seeks to the wrong frames
+        "media3_sample_edit_list_only_preroll_sync_sample.mp4",  # edit list preroll
+        "media3_sample_with_increasing_timestamps_320w_240h_fragmented.mp4",
+        "pymediainfo_sample.mp4",  # video starts 83 ms after the audio
+        "videollama_skateboarding_dog.mp4",  # variable frame timing
+    ],
+)
+def test_frames_are_the_ones_displayed_at_the_times(shared_videos, name):
+    path = str(shared_videos / name)
+    info = media.probe(path)
+    truth, starts = every_frame(path, info)
+    times = np.linspace(0, info.duration_s + 1, 9)  # the last ones past the end
+    ours = media.sample_frames(path, info, times)
+    shown = np.clip(np.searchsorted(starts, times + 1e-6, side="right") - 1, 0, len(starts) - 1)
+    diffs = [mean_abs_diff(a, b) for a, b in zip(ours, truth[shown], strict=True)]
+    assert max(diffs) < 4, diffs  # decord's colour conversion differs by up to ~2
+
+
+def test_ffmpeg_path_seeks_in_groups_and_agrees_with_decord(shared_videos, monkeypatch):
+    path = str(shared_videos / "mdn-sa_tears-of-steel-battle-clip-medium.webm")  # 70 s
+    info = media.probe(path)
+    times = np.arange(2.5, 75, 5.0)  # 15 times, the last past the end
+    monkeypatch.setattr(media, "_TIMES_PER_FFMPEG_CALL", 4)  # 4 ffmpeg calls, 3 seeking
+    via_ffmpeg, _ = media.sample_frames_with_backend(path, info, times, backend="ffmpeg")
+    via_decord, _ = media.sample_frames_with_backend(path, info, times, backend="decord")
+    diffs = [mean_abs_diff(a, b) for a, b in zip(via_ffmpeg, via_decord, strict=True)]
+    assert max(diffs) < 3, diffs
+
+
+def test_times_past_the_end_clamp_even_when_the_duration_is_misreported(shared_videos):
+    path = str(shared_videos / "mdn-la_frog.mp4")  # 8.27 s
+    info = media.probe(path)
+    (last,) = media.sample_frames(path, info, [8.26])
+    for wrong in (dict(video_duration_s=100.0, duration_s=100.0),
+                  dict(video_duration_s=None, duration_s=0.0)):  # fmt: skip
+        misinformed = dataclasses.replace(info, **wrong)
+        frames, _ = media.sample_frames_with_backend(
+            path, misinformed, [20.0, 50.0], backend="ffmpeg"
+        )
+        assert mean_abs_diff(frames[0], last) < 2 and mean_abs_diff(frames[1], last) < 2
+
+
+def test_frame_size_and_argument_checks(shared_videos):
+    path = str(shared_videos / "videollava_sample_demo_22.mp4")  # 204x360 portrait
+    info = media.probe(path)
+    assert media.resized_size(info.display_size, 256) == (256, 452)
+    frames = media.sample_frames(path, info, [1.0, 1.0, 0.0], size=112, resize_short=128)
+    assert frames.shape == (3, 112, 112, 3)
+    assert np.array_equal(frames[0], frames[1])
+    assert media.sample_frames(path, info, []).shape == (0, 224, 224, 3)
+    with pytest.raises(ValueError):
+        media.sample_frames(path, info, [1.0], size=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def expect_input_error(stage: str, words: str, call, *args) -> InputError:
+    with pytest.raises(InputError) as caught:
+        call(*args)
+    err = caught.value
+    assert err.stage == stage
+    assert str(args[0]) in err.message and words in err.message, err.message
+    return err
+
+
+def test_bad_inputs_raise_input_errors_that_name_the_file_and_the_problem(tmp_path, made):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    expect_input_error("probe", "file is empty (0 bytes)", media.probe, str(empty))
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    expect_input_error(
+        "probe", "ffprobe could not read it: Invalid data found", media.probe, str(text)
+    )
+
+    expect_input_error("probe", "no such file", media.probe, str(tmp_path / "missing.mp4"))
+    expect_input_error("probe", "no audio stream (streams: h264 video)",
+                       media.probe, str(made["silent.mp4"]))  # fmt: skip
+    expect_input_error("probe", "no video stream (streams: aac audio)",
+                       media.probe, str(made["sound.m4a"]))  # fmt: skip
+
+
+def test_truncated_file_and_timeouts_are_input_errors(tmp_path, made):
+    whole = tmp_path / "whole.mp4"
+    ffmpeg("-i", str(made["late.mp4"]), "-c", "copy", "-movflags", "+faststart", str(whole))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    info = media.probe(str(cut))  # the index is intact, the data is not
+    expect_input_error("decode_audio", "truncated or corrupt", media.decode_audio, str(cut), info)
+
+    info = media.probe(str(whole))
+    expect_input_error("decode_audio", "timed out after 0.001 s",
+                       media.decode_audio, str(whole), info, 0.001)  # fmt: skip
+    expect_input_error("decode_frames", "timed out after 0.001 s", media.sample_frames,
+                       str(made["av1.mp4"]), media.probe(str(made["av1.mp4"])), [1.0], 224, 256,
+                       0.001)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# every shared clip
+
+
+def test_every_shared_clip_decodes(shared_videos):
+    paths = sorted(p for p in shared_videos.iterdir() if p.suffix not in (".csv", ".md"))
+    assert len(paths) == 59
+    seconds = {"probe": 0.0, "audio": 0.0, "decord": 0.0, "ffmpeg": 0.0}
+    through_ffmpeg = []
+    for path in map(str, paths):
+        start = time.perf_counter()
+        info = media.probe(path)
+        probed = time.perf_counter()
+        audio = media.decode_audio(path, info)
+        decoded = time.perf_counter()
+        times = np.arange(1.25, info.duration_s, 2.5) if info.duration_s > 1.25 else [0.1]
+        frames, backend = media.sample_frames_with_backend(path, info, times)
+        seconds["probe"] += probed - start
+        seconds["audio"] += decoded - probed
+        seconds[backend] += time.perf_counter() - decoded
+        if backend == "ffmpeg":
+            through_ffmpeg.append(Path(path).name)
+        assert audio.dtype == np.int16 and len(audio) > 0.2 * SR, path
+        assert frames.shape == (len(times), 224, 224, 3), path
+        assert frames.std() > 5, path  # pictures, not blank frames
+    print(
+        "59 clips: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+        + f"; frames through ffmpeg: {through_ffmpeg}"
+    )
+    assert len(through_ffmpeg) < 20
