@@ -55,9 +55,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         cells = [*values, *([None] * (len(columns) - len(values)))]
         lines.append(f"| {name} (paper) | " + " | ".join(_pct(v) for v in cells) + " |")
     for layer, entry in results["layers"].items():
-        cells = [
-            f"**{100 * entry['accuracy_mean']:.1f}**" if c == column else "" for c in columns
-        ]
+        cells = [f"**{100 * entry['accuracy_mean']:.1f}**" if c == column else "" for c in columns]
         lines.append(f"| {results['description']}, {layer} | " + " | ".join(cells) + " |")
     folds = results["folds"]
     lines += ["", "Per fold (%):", "", "| layer | " + " | ".join(f"fold {f}" for f in folds)]

@@ -111,7 +111,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         }
         for layer, folds in per_layer.items()
     }
-    headline = "pool5" if "pool5" in layers else max(layers, key=lambda k: layers[k]["accuracy_mean"])
+    headline = (
+        "pool5" if "pool5" in layers else max(layers, key=lambda k: layers[k]["accuracy_mean"])
+    )
     y_true = np.concatenate([r.y_true for r in per_layer[headline]])
     y_pred = np.concatenate([r.y_pred for r in per_layer[headline]])
     return {

@@ -11,6 +11,7 @@ silence), so audio sample `i` and frame time `i / 22050` describe the same momen
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -75,14 +76,20 @@ class MediaInfo:
 # subprocesses
 
 
+_LOG_LINE = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)?\[(\w+)\]\s*(.*)$")
+_LEVELS = ("fatal", "error", "warning")
+
+
 def _ffmpeg_reason(stderr: bytes, path: str) -> str:
-    """The last meaningful line of an ffmpeg/ffprobe stderr, without the path and log prefixes."""
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line and not line.startswith("Svt[")]
-    if not lines:
-        return "no error message"
-    reason = lines[-1]
-    reason = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", reason)  # "[mov,mp4 @ 0x55..] "
+    """The telling line of an ffmpeg/ffprobe log written with `-v level+...`: the last fatal
+    message, else the last error, else the last warning; without the path and log prefixes."""
+    found: dict[str | None, str] = {}
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        match = _LOG_LINE.match(line.strip())
+        level, text = (match.group(1), match.group(2)) if match else (None, line.strip())
+        if text and text != "Conversion failed!" and not text.startswith("Svt["):
+            found[level] = text
+    reason = next((found[lv] for lv in (*_LEVELS, None) if lv in found), "no error message")
     if reason.startswith(path + ":"):
         reason = reason[len(path) + 1 :].strip()
     return reason[:_MAX_MESSAGE_CHARS]
@@ -213,7 +220,8 @@ def probe(path: str, timeout_s: float = 60) -> MediaInfo:
     """ffprobe `path`; raise InputError("probe", ...) unless it has an audio and a video stream."""
     _check_file(path, "probe")
     # The arguments of ffmpeg.probe; run here because ffmpeg-python 0.2.0's probe has no timeout.
-    args = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", path]
+    args = [FFPROBE, "-v", "level+error", "-show_format", "-show_streams", "-of", "json"]
+    args += ["-i", path]  # -i: a file named "-x.mp4" is not an option
     out, _ = _run(args, "probe", path, "ffprobe", timeout_s)
     try:
         data = json.loads(out.decode("utf-8", "replace"))
@@ -303,7 +311,7 @@ def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarr
             acodec="pcm_s16le",
             f="s16le",
         )
-        .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-v", "error"])
+        .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-v", "level+error"])
     )
     out, err = _run(args, "decode_audio", path, "ffmpeg", timeout_s)
     audio = np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.int16)
@@ -322,7 +330,7 @@ def _pad_start(audio: np.ndarray, info: MediaInfo) -> np.ndarray:
     if info.audio_start_time_s is None:
         return audio
     late = round((info.audio_start_time_s - info.start_time_s) * SAMPLE_RATE)
-    if late <= 0:
+    if late <= 0 or late > info.duration_s * SAMPLE_RATE:  # on time, or a nonsense start time
         return audio
     return np.concatenate([np.zeros(late, np.int16), audio])
 
@@ -377,9 +385,14 @@ class _DecordUnfit(Exception):
     """decord cannot be trusted with this file; the ffmpeg path takes over."""
 
 
-# Containers where decord's seeking lands on the wrong frames (measured: MPEG-PS off by up to
-# 12 frames); ffmpeg decodes them sequentially instead.
-_DECORD_UNFIT_FORMATS = frozenset({"mpeg", "mpegts", "mpegvideo", "m2ts"})
+# Containers without a keyframe index, where seeking lands on the wrong frames (measured:
+# decord off by up to 12 frames in MPEG-PS; ffmpeg's -ss in MPEG-TS lands between keyframes and
+# decodes broken pictures): ffmpeg decodes these from the start, in one pass.
+_INEXACT_SEEK_FORMATS = frozenset({"mpeg", "mpegts", "mpegvideo", "m2ts", "h264", "hevc"})
+
+
+def _seeks_exactly(info: MediaInfo) -> bool:
+    return not set(info.format_name.split(",")) & _INEXACT_SEEK_FORMATS
 
 
 def _decord_unfit_reason(info: MediaInfo) -> str | None:
@@ -389,9 +402,19 @@ def _decord_unfit_reason(info: MediaInfo) -> str | None:
     if info.num_video_streams > 1:
         # decord picks a stream by its own rule; ffmpeg is told which one probe described.
         return f"{info.num_video_streams} video streams"
-    if set(info.format_name.split(",")) & _DECORD_UNFIT_FORMATS:
-        return f"decord seeks inaccurately in {info.format_name} files"
+    if not _seeks_exactly(info):
+        return f"seeking in {info.format_name} files is inexact"
     return None
+
+
+@functools.cache
+def _decord():
+    """decord, imported on first use (a heavy native library), with its libav logging off: its
+    lines would not name the file, and what goes wrong reaches the caller as an exception."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
 
 
 def _decord_frames(
@@ -403,8 +426,7 @@ def _decord_frames(
     scales to the requested display-oriented size while decoding, so no full-size RGB frame is
     ever made.
     """
-    import decord  # heavy native library: imported where used
-
+    decord = _decord()
     width, height = out_size
     try:
         reader = decord.VideoReader(
@@ -472,6 +494,7 @@ class _Selection:
     frames: np.ndarray
     times: np.ndarray
     tail_from: float | None
+    log: bytes  # ffmpeg's stderr, to say why when a frame is missing
 
     def pick(self, target: float, window: float) -> np.ndarray | None:
         """The frame displayed at `target`; None when this selection cannot tell."""
@@ -509,10 +532,12 @@ def _ffmpeg_select(
     first = min(float(targets[0]), tail_from if tail_from is not None else math.inf)
     seek = first - window - 1.0 - info.start_time_s  # input -ss counts from the start time
     input_args: dict[str, object] = {"threads": threads}
-    if seek > 0:
+    if seek > 0 and _seeks_exactly(info):
         input_args["ss"] = f"{seek:.6f}"
+    else:
+        seek = 0.0
     if not to_end:
-        input_args["t"] = f"{float(targets[-1]) - info.start_time_s - max(seek, 0) + 1.0:.6f}"
+        input_args["t"] = f"{float(targets[-1]) - info.start_time_s - seek + 1.0:.6f}"
     chain = ",".join(
         [
             f"select='{_select_expression(targets, window, tail_from)}'",
@@ -533,7 +558,9 @@ def _ffmpeg_select(
             f="rawvideo",
             pix_fmt="rgb24",
         )
-        .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-copyts"])
+        .compile(
+            cmd=[FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "level+info", "-copyts"]
+        )
     )
     out, err = _run(args, "decode_frames", path, "ffmpeg", timeout_s)
     frame_bytes = width * height * 3
@@ -544,14 +571,14 @@ def _ffmpeg_select(
         raise InputError(
             "decode_frames", f"{path}: ffmpeg returned {len(frames)} frames but logged {len(times)}"
         )
-    return _Selection(frames, times, tail_from)
+    return _Selection(frames, times, tail_from, err)
 
 
 def _last_frame_time(path: str, info: MediaInfo, timeout_s: float) -> float | None:
     """The video stream's last presentation time, from its packets (demuxing, no decoding)."""
     stream = str(info.video_stream_index) if info.video_stream_index >= 0 else "v:0"
-    args = [FFPROBE, "-v", "error", "-select_streams", stream]
-    args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", path]
+    args = [FFPROBE, "-v", "level+error", "-select_streams", stream]
+    args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", "-i", path]
     out, _ = _run(args, "decode_frames", path, "ffprobe", timeout_s)
     times = [_number(line.strip(" ,")) for line in out.decode("utf-8", "replace").splitlines()]
     known = [t for t in times if t is not None]
@@ -568,7 +595,8 @@ def _ffmpeg_frames(
 ) -> np.ndarray:
     """ffmpeg decodes sequentially and keeps only the frames displayed at the wanted times.
 
-    Times go in groups, one ffmpeg call each, seeking to each group's stretch of the file.
+    Times go in groups, one ffmpeg call each, seeking to each group's stretch of the file
+    (one group from the start where seeking is inexact).
     """
     frame_period = 1.0 / info.fps if info.fps else 0.1
     window = min(max(1.5 * frame_period, 0.02), 0.5)
@@ -584,10 +612,8 @@ def _ffmpeg_frames(
 
     picked: dict[float, np.ndarray] = {}
     missing: list[float] = []
-    groups = [
-        targets[i : i + _TIMES_PER_FFMPEG_CALL]
-        for i in range(0, len(targets), _TIMES_PER_FFMPEG_CALL)
-    ]
+    per_call = _TIMES_PER_FFMPEG_CALL if _seeks_exactly(info) else len(targets)
+    groups = [targets[i : i + per_call] for i in range(0, len(targets), per_call)]
     for number, group in enumerate(groups):
         # Near the estimated end, also keep the last second: times past it clamp to its end.
         near_end = end is not None and group[-1] > end - 1.0
@@ -607,10 +633,11 @@ def _ffmpeg_frames(
         for target in missing:
             frame = selection.pick(target, window) if selection else None
             if frame is None:
+                why = _ffmpeg_reason(selection.log, path) if selection else "no frames at all"
                 raise InputError(
                     "decode_frames",
                     f"{path}: ffmpeg decoded no video frame near "
-                    f"{target - info.start_time_s:.2f} s ({info.video_codec})",
+                    f"{target - info.start_time_s:.2f} s ({info.video_codec}: {why})",
                 )
             picked[target] = frame
     return np.stack([picked[t] for t in (info.start_time_s + times_s).tolist()])
