@@ -1,0 +1,191 @@
+"""A corpus of broken and awkward inputs, made at test time from real clips.
+
+The run completes with exit 0; every good input is written; every input that yields nothing is
+exactly one failures row with its stage and a message that names the file; no decoder hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, read_table
+from tests.conftest import REPO
+
+GOOD_CLIP = "mdn-sa_tears-of-steel-battle-clip-medium.webm"  # 70 s, VP8/Vorbis
+MP4_CLIP = "videollama_dog_barking.mp4"  # 7 s H.264/AAC, moov atom first
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_corpus(videos: Path, folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(must_fail, must_write) inputs by kind; truncated/corrupted files may go either way
+    but must end up in exactly one place (they are in must_fail when they yield nothing)."""
+    folder.mkdir()
+    mp4 = (videos / MP4_CLIP).read_bytes()
+    fail = {
+        "empty": folder / "empty.mp4",
+        "random bytes": folder / "random.webm",
+        "text named .mp4": folder / "readme.mp4",
+        "directory named .mp4": folder / "folder.mp4",
+        "video without audio": folder / "silent-film.mp4",
+        "audio without video": folder / "radio.mkv",
+        "0.3 s clip": folder / "blink.mp4",
+        "truncated at 2%": folder / "trunc02.mp4",
+        "truncated at 50%": folder / "trunc50.mp4",
+        "corrupted middle": folder / "corrupt-middle.mp4",
+    }
+    fail["empty"].write_bytes(b"")
+    fail["random bytes"].write_bytes(os.urandom(200_000))
+    fail["text named .mp4"].write_text("not a video, just text\n" * 100)
+    fail["directory named .mp4"].mkdir()
+    ffmpeg("-i", str(videos / MP4_CLIP), "-an", "-c", "copy", str(fail["video without audio"]))
+    ffmpeg("-i", str(videos / MP4_CLIP), "-vn", "-c", "copy", str(fail["audio without video"]))
+    ffmpeg("-i", str(videos / MP4_CLIP), "-t", "0.3", str(fail["0.3 s clip"]))
+    fail["truncated at 2%"].write_bytes(mp4[: len(mp4) // 50])
+    fail["truncated at 50%"].write_bytes(mp4[: len(mp4) // 2])
+    middle = bytearray(mp4)
+    start = len(middle) // 3
+    middle[start : start + len(middle) // 3] = os.urandom(len(middle) // 3)
+    fail["corrupted middle"].write_bytes(bytes(middle))
+
+    write = {
+        "spaces and quotes in the name": folder / 'it\'s a "quoted" name & more.webm',
+        "audio shorter than the video": folder / "short-audio.mp4",
+        "long silence": folder / "silence.mp4",
+        "plain good clip": folder / "good.webm",
+    }
+    shutil.copy(videos / GOOD_CLIP, write["spaces and quotes in the name"])
+    shutil.copy(videos / GOOD_CLIP, write["plain good clip"])
+    ffmpeg(
+        "-i",
+        str(videos / MP4_CLIP),
+        "-filter_complex",
+        "[0:a]atrim=0:3[a]",
+        "-map",
+        "0:v",
+        "-map",
+        "[a]",
+        "-c:v",
+        "copy",
+        str(write["audio shorter than the video"]),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:s=320x240:r=10:d=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=44100:cl=stereo",
+        "-t",
+        "30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(write["long silence"]),
+    )
+    return fail, write
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--runner=DirectRunner", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def check_output(out: Path, proc, fail: dict, write: dict, missing: Path | None = None):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = read_table(out / "index.parquet", INDEX_SCHEMA)
+    failures = read_table(out / "failures.parquet", FAILURES_SCHEMA).to_pylist()
+    written = set(index.column("source").to_pylist())
+    failed = [row["source"] for row in failures]
+    assert len(failed) == len(set(failed)), "an input has more than one failures row"
+    assert not written & set(failed), "an input is both written and failed"
+    for kind, path in write.items():
+        assert str(path) in written, f"good input lost: {kind}"
+    expected_failures = {str(p) for p in fail.values()} | ({str(missing)} if missing else set())
+    # truncated or corrupted files may still give whole segments; none may vanish
+    assert written | set(failed) == expected_failures | {str(p) for p in write.values()}
+    for kind in [
+        "empty",
+        "random bytes",
+        "text named .mp4",
+        "directory named .mp4",
+        "video without audio",
+        "audio without video",
+        "0.3 s clip",
+        "truncated at 2%",
+    ]:
+        assert str(fail[kind]) in failed, f"{kind} was not a failures row"
+    for row in failures:
+        assert row["stage"] in {"probe", "decode_audio", "decode_frames", "segment"}
+        assert Path(row["source"]).name in row["message"], row
+        assert len(row["message"]) < 400 and "Traceback" not in row["message"]
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert counts["videos_failed"] == len(failures)
+    assert counts["videos_written"] == len(written)
+    assert f"{counts['videos_failed']} failed" in proc.stdout
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    return failures
+
+
+@pytest.mark.slow
+def test_bad_input_corpus_as_a_directory_and_as_a_list(shared_videos, tmp_path):
+    fail, write = make_corpus(shared_videos, tmp_path / "corpus")
+    out = tmp_path / "out-dir"
+    proc = run([f"--input={tmp_path / 'corpus'}", f"--output={out}", "--decode-timeout=120"])
+    failures = check_output(out, proc, fail, write)
+    kinds = {row["stage"] for row in failures}
+    assert {"probe", "segment"} <= kinds
+
+    missing = tmp_path / "nowhere" / "missing.mp4"
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in [*fail.values(), missing, *write.values()]))
+    out = tmp_path / "out-list"
+    proc = run([f"--input={listing}", f"--output={out}", "--decode-timeout=120"])
+    failures = check_output(out, proc, fail, write, missing)
+    (row,) = [r for r in failures if r["source"] == str(missing)]
+    assert row["stage"] == "probe" and "no such file" in row["message"]
+
+
+def test_a_hanging_input_times_out_instead_of_stalling_the_run(tmp_path):
+    """A named pipe nobody writes to blocks any reader: the per-input timeout must fire."""
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    proc = run([f"--input={tmp_path}", f"--output={out}", "--decode-timeout=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = read_table(out / "failures.parquet", FAILURES_SCHEMA).to_pylist()
+    assert row["source"] == str(fifo)
+    assert "hang.mp4" in row["message"]
+
+
+def test_max_failed_fraction_fails_the_job_loudly(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.mp4").write_bytes(b"")
+    shutil.copy(REPO / "samples" / "videos" / "mdn-ie_stream-of-water.webm", tmp_path / "in")
+    proc = run(
+        [f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}", "--max-failed-fraction=0.25"]
+    )
+    assert proc.returncode == 1
+    assert "50.0% of inputs failed" in proc.stderr and "--max-failed-fraction=0.25" in proc.stderr
+    # the good input is still written, and the record says what happened
+    counts = json.loads((tmp_path / "out" / "run.json").read_text())["counts"]
+    assert (counts["videos_written"], counts["videos_failed"]) == (1, 1)
