@@ -8,7 +8,12 @@ installed. The order is deterministic, so that a rerun assigns every video to th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import InputError
 from schemas import MANIFEST_SCHEMA, make_video_id, validate_table
 
 MEDIA_EXTENSIONS = frozenset(
@@ -158,3 +164,33 @@ def plan_tasks(entries: list[tuple[str, str | None]], videos_per_shard: int) -> 
         order = len(tasks)
         tasks.append(VideoTask(uri, video_id, order, order // videos_per_shard))
     return tasks
+
+
+@contextlib.contextmanager
+def local_media(uri: str, timeout_s: float = 600) -> Iterator[str]:
+    """A local path for `uri`: the path itself, or a temporary copy of a remote object
+    (gs://, s3://, ... through Beam's FileSystems; http(s):// through urllib), deleted after."""
+    if not _is_remote(uri) or uri.startswith("file://"):
+        yield uri.removeprefix("file://")
+        return
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or "video"
+    with tempfile.TemporaryDirectory(prefix="soundnet-") as tmp:
+        local = os.path.join(tmp, name)
+        try:
+            if uri.startswith(("http://", "https://")):
+                with (
+                    urllib.request.urlopen(uri, timeout=timeout_s) as src,
+                    open(local, "wb") as dst,
+                ):
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            else:
+                with FileSystems.open(uri) as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except Exception as err:  # noqa: BLE001 - any transport error is this input's failure
+            raise InputError("read", f"{uri}: cannot read it: {type(err).__name__}: {err}") from err
+        try:
+            yield local
+        except InputError as err:  # say which input failed, not which temporary copy
+            err.message = err.message.replace(local, uri)
+            err.args = (err.message,)
+            raise

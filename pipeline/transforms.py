@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline import media, writer
 from pipeline.errors import InputError
-from pipeline.inputs import VideoTask
+from pipeline.inputs import VideoTask, local_media
 from pipeline.segments import Segment, SegmentPlan, frame_times, plan_segments
 from pipeline.teachers import TeacherModelHandler
 from schemas import SAMPLE_RATE, HeadInfo, Sample, SampleMetadata, sample_key
@@ -79,25 +79,10 @@ class _DecodeVideoFn(beam.DoFn):
         self.audio_seconds = Metrics.counter("soundnet", "audio_seconds")
 
     def process(self, task: VideoTask):
-        stage = "probe"
+        stage = ["read"]  # the stage in progress, for the failures row of an unexpected error
         try:
-            info = media.probe(task.uri, timeout_s=self.timeout_s)
-            stage = "decode_audio"
-            audio = media.decode_audio(task.uri, info, timeout_s=self.timeout_s)
-            stage = "segment"
-            segments = plan_segments(len(audio), self.plan)
-            if not segments:
-                raise InputError(
-                    "segment",
-                    (
-                        f"{task.uri}: audio lasts {len(audio) / self.plan.sample_rate:.2f} s, less "
-                        f"than --min-segment-seconds={self.plan.min_segment_seconds:g}: nothing to write"
-                    ),
-                )
-            stage = "decode_frames"
-            frames = media.sample_frames(
-                task.uri, info, frame_times(segments), timeout_s=self.timeout_s
-            )
+            with local_media(task.uri, self.timeout_s) as path:
+                info, audio, segments, frames = self.decode(path, task.uri, stage)
         except InputError as err:
             self.failed.inc()
             log.info("failed [%s] %s", err.stage, err.message)
@@ -105,22 +90,34 @@ class _DecodeVideoFn(beam.DoFn):
             return
         except Exception as err:  # noqa: BLE001 - one bad input must never stop the run
             self.failed.inc()
-            yield pvalue.TaggedOutput(FAILED, failure(task, unexpected(task, stage, err)))
+            yield pvalue.TaggedOutput(FAILED, failure(task, unexpected(task, stage[0], err)))
             return
         self.decoded.inc()
         self.audio_seconds.inc(int(len(audio) / self.plan.sample_rate))
         for i, frame in enumerate(frames):
             yield pvalue.TaggedOutput(FRAMES, ((task.video_id, i), frame))
-        yield (
-            task.video_id,
-            DecodedVideo(
-                task,
-                audio,
-                segments,
-                len(frames),
-                info={"video_codec": info.video_codec, "audio_codec": info.audio_codec},
-            ),
-        )
+        codecs = {"video_codec": info.video_codec, "audio_codec": info.audio_codec}
+        yield task.video_id, DecodedVideo(task, audio, segments, len(frames), info=codecs)
+
+    def decode(self, path: str, uri: str, stage: list[str]):
+        stage[0] = "probe"
+        info = media.probe(path, timeout_s=self.timeout_s)
+        stage[0] = "decode_audio"
+        audio = media.decode_audio(path, info, timeout_s=self.timeout_s)
+        stage[0] = "segment"
+        segments = plan_segments(len(audio), self.plan)
+        if not segments:
+            seconds = len(audio) / self.plan.sample_rate
+            raise InputError(
+                "segment",
+                (
+                    f"{uri}: audio lasts {seconds:.2f} s, less than "
+                    f"--min-segment-seconds={self.plan.min_segment_seconds:g}: nothing to write"
+                ),
+            )
+        stage[0] = "decode_frames"
+        frames = media.sample_frames(path, info, frame_times(segments), timeout_s=self.timeout_s)
+        return info, audio, segments, frames
 
 
 class DecodeVideos(beam.PTransform):

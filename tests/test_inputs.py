@@ -1,5 +1,8 @@
 """--input forms: directory, glob, text list, CSV/Parquet manifest; deterministic shard plan."""
 
+import os
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -60,3 +63,33 @@ def test_plan_assigns_stable_ids_and_shards_and_drops_duplicate_uris():
     assert plan_tasks(entries, 2) == tasks
     with pytest.raises(InputListError, match="given to both"):
         plan_tasks([("/a.mp4", "same"), ("/b.mp4", "same")], 2)
+
+
+def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from pipeline.errors import InputError
+    from pipeline.inputs import local_media
+
+    (tmp_path / "clip.mp4").write_bytes(b"video bytes")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with local_media(f"{base}/clip.mp4") as path:
+            assert path.endswith("clip.mp4")
+            assert Path(path).read_bytes() == b"video bytes"
+        assert not os.path.exists(path)
+        missing = pytest.raises(InputError, match="missing.mp4: cannot read it")
+        with missing as err, local_media(f"{base}/missing.mp4"):
+            pass
+        assert err.value.stage == "read"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with local_media(str(tmp_path / "clip.mp4")) as path:
+        assert path == str(tmp_path / "clip.mp4")
