@@ -21,7 +21,7 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import writer
+from pipeline import dask_runner, writer
 from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
 from pipeline.options import SoundNetOptions
 from pipeline.segments import SegmentPlan
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     beam_started = time.time()
     if todo:
-        with beam.Pipeline(options=options) as p:
+        # Beam's DaskRunner is run by our subclass, which fixes its translation (dask_runner.py)
+        with beam.Pipeline(runner=dask_runner.runner_for(options), options=options) as p:
             build_pipeline(p, pending, ready, opts, plan, specs)
     beam_seconds = time.time() - beam_started
 
