@@ -28,6 +28,11 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
+# The pipeline on a local Dask cluster (scheduler + 2 workers on 127.0.0.1), started and stopped.
+.PHONY: cluster-demo
+cluster-demo: setup
+	$(PY) -m pipeline.cluster_demo
+
 bench: setup
 	$(PY) bench/pipeline.py --videos ../shared/data/videos
 

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="tile clips to this")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--jobs", type=int, default=None, help="parallel inner-CV fits")
+    p.add_argument("--jobs", type=int, default=-1, help="parallel SVM fits (default: all cores)")
     p.add_argument("--out", type=Path, help="output folder (default runs/eval-DATASET-NAME)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

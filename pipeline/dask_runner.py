@@ -5,16 +5,18 @@
 
 `pipeline.run` runs pipelines named for Beam's DaskRunner on this subclass (naming it directly,
 `--runner=pipeline.dask_runner.DaskRunner`, does the same). Beam 2.77 translates a pipeline into
-dask bags in `apache_beam.runners.dask`; measured with 2.77 on a dask.distributed cluster, that
-translation
+dask bags in `apache_beam.runners.dask`; that translation (1-3 measured on a dask.distributed
+cluster, 4-5 read in its source)
 
-1. sends every output of a multi-output ParDo to every consumer (DecodeVideos' frames, failures
-   and videos, RunInference's results and dead letters all got mixed),
-2. drops what `DoFn.finish_bundle` emits (RunInference's BatchElements flushes its last, partial
-   batch there, so frames went missing),
-3. sets up and tears down every DoFn once per dask partition, so a model built in `setup()` is
-   rebuilt per bundle whenever Beam's `Shared` cache lets it go (it keeps only the object last
-   acquired in a process: with two teacher heads, every bundle),
+1. sends every output of a multi-output ParDo to every consumer (this pipeline failed:
+   DecodeVideos' frames, failure rows and videos reached each other's consumers),
+2. drops what `DoFn.finish_bundle` emits (RunInference's BatchElements flushes its last,
+   partial batch of frames there),
+3. sets up and tears down every DoFn for each dask partition (bundle), so whether RunInference
+   rebuilds its model for a bundle is left to Beam's `Shared` cache, which keeps a model only
+   while something references it (of its own accord, just the object last acquired in the
+   process; measured here with two teachers, each was still built once per worker, but
+   nothing guarantees it),
 4. computes only the bag of the last transform visited, so a branch that does not feed it never
    runs,
 5. makes Reshuffle a no-op and puts up to 128 elements in one partition, so a run over fewer
@@ -30,7 +32,8 @@ DoFn invoker) and replaces the ParDo and Create steps and the final compute:
    when the run ends;
 4. every leaf of the graph is computed;
 5. without `--dask_partition_size` / `--dask_npartitions`, a Create is cut into about four
-   partitions per worker thread.
+   partitions per worker thread;
+6. the client disconnects when the run ends (Beam's stays, retrying a scheduler that is gone).
 """
 
 from __future__ import annotations
@@ -57,11 +60,11 @@ from apache_beam.runners.common import (
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as te
 from apache_beam.runners.dask.overrides import _Create, dask_overrides
+from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
 
 log = logging.getLogger("pipeline")
 
-BEAM_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 PARTITIONS_PER_THREAD = 4
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +262,7 @@ class _Translator(PipelineVisitor):
                 iterator = te.DaskBagWindowedIterator(
                     self.bag_of(side.pvalue), side._window_mapping_fn
                 )
-                kws["side_inputs"].append(
-                    SideInputMap(type(side), side._view_options(), iterator)
-                )
+                kws["side_inputs"].append(SideInputMap(type(side), side._view_options(), iterator))
         self.bags[node] = op.apply(**kws)
         self.order.append(node)
 
@@ -275,16 +276,20 @@ class _Translator(PipelineVisitor):
 
 
 class DaskRunnerResult(beam_dask.DaskRunnerResult):
+    """Beam's result; when the run ends, the workers tear its DoFns down and the client that
+    submitted it disconnects (Beam leaves it open, to retry a scheduler that may be gone)."""
+
     run_id: str = ""
 
     def wait_until_finish(self, duration=None) -> str:
         try:
             return super().wait_until_finish(duration)
         finally:
-            if self.state in (beam.runners.runner.PipelineState.DONE,
-                              beam.runners.runner.PipelineState.FAILED):  # fmt: skip
+            if self.state in (PipelineState.DONE, PipelineState.FAILED):
                 with contextlib.suppress(Exception):
-                    self.client.run(_teardown_run, self.run_id)
+                    self.client.run(_teardown_run, self.run_id, on_error="ignore")
+                with contextlib.suppress(Exception):
+                    self.client.close()
 
 
 class DaskRunner(beam_dask.DaskRunner):
@@ -314,11 +319,3 @@ class DaskRunner(beam_dask.DaskRunner):
         result = DaskRunnerResult(client, client.compute(list(leaves)))
         result.run_id = run_id
         return result
-
-
-def runner_for(options) -> DaskRunner | None:
-    """This runner when the options name Beam's DaskRunner, else None (Beam picks)."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    name = options.view_as(StandardOptions).runner
-    return DaskRunner() if name == BEAM_DASK_RUNNER else None

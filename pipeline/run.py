@@ -19,9 +19,9 @@ import time
 from collections import Counter
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import dask_runner, writer
+from pipeline import writer
 from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
 from pipeline.options import SoundNetOptions
 from pipeline.segments import SegmentPlan
@@ -38,6 +38,8 @@ from pipeline.transforms import (
 from schemas import RUN_FILE, SCHEMA_VERSION, format_labels, labels_path
 
 log = logging.getLogger("pipeline")
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 def teacher_specs(opts: SoundNetOptions) -> list[TeacherSpec]:
@@ -162,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     beam_started = time.time()
     if todo:
-        # Beam's DaskRunner is run by our subclass, which fixes its translation (dask_runner.py)
-        with beam.Pipeline(runner=dask_runner.runner_for(options), options=options) as p:
+        with beam.Pipeline(runner=runner_for(options), options=options) as p:
             build_pipeline(p, pending, ready, opts, plan, specs)
     beam_seconds = time.time() - beam_started
 
@@ -196,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def runner_for(options: PipelineOptions):
+    """None (Beam makes the runner --runner names), but for Beam's DaskRunner our subclass of
+    it, which fixes its translation of this pipeline (pipeline/dask_runner.py)."""
+    if options.view_as(StandardOptions).runner != DASK_RUNNER:
+        return None
+    from pipeline.dask_runner import DaskRunner  # imports dask only when it is used
+
+    return DaskRunner()
 
 
 def finished_shards(output: str, tasks: list[VideoTask]) -> set[int]:

@@ -1,0 +1,307 @@
+"""eval: datasets, audio, SVM protocols, baselines, eval.run end to end, predict, HEAR API.
+
+Features of ESC-10 are computed once per session per network (pool5 of folds 1-2: the issue's
+2-fold check) and shared by the tests that score them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from shardfactory import factory_output  # noqa: F401  (a fixture)
+
+from eval import hear, predict
+from eval import run as eval_run
+from eval.audio import AudioError, load_audio, tile
+from eval.datasets import DatasetError, esc50, generic, load_dataset
+from eval.features import extract_features
+from eval.svm import clip_samples, cross_validate, paper_window, pooled, windows
+from schemas import SAMPLE_RATE
+from trainer import main as trainer_main
+from trainer.pretrained import FETCH_COMMAND, load_pretrained, original_checkpoint_path
+
+ESC10_CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
+                 "sneezing", "clock_tick", "helicopter", "chainsaw"]  # fmt: skip
+WATER_SCENES = {"ocean", "coast", "beach", "sea_cliff", "lake/natural", "river", "wave",
+                "boat_deck", "harbor", "islet", "swimming_pool/outdoor", "waterfall/block",
+                "waterfall/fan", "waterfall/plunge", "creek", "rainforest", "ice_shelf",
+                "lagoon", "fishpond", "marsh", "pond", "dam", "aquarium", "underwater/ocean_deep",
+                "iceberg", "volcano", "bayou", "hot_spring", "fountain", "canal/natural"}  # fmt: skip
+pytestmark = pytest.mark.xdist_group("eval")  # one worker: the session caches below are reused
+
+
+@pytest.fixture(scope="session")
+def esc10(shared_esc10: Path):
+    return load_dataset("esc10", shared_esc10)
+
+
+@pytest.fixture(scope="session")
+def two_folds(esc10):
+    return esc10.select_folds([1, 2])
+
+
+@pytest.fixture(scope="session")
+def pool5_of():
+    """pool5 features of folds 1-2 per checkpoint spec, computed once per session."""
+    cache: dict[str, list[np.ndarray]] = {}
+
+    def get(spec: str, dataset) -> list[np.ndarray]:
+        if spec not in cache:
+            model, _ = load_pretrained(spec)
+            paths = [c.path for c in dataset.clips]
+            cache[spec] = extract_features(model, paths, ["pool5"], progress=False)["pool5"]
+        return cache[spec]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def mfcc_results(shared_esc10: Path, tmp_path_factory) -> dict:
+    """`eval.run --features mfcc` over ESC-10's five folds (the paper's SVM-MFCC row)."""
+    out = tmp_path_factory.mktemp("mfcc")
+    eval_run.main(["--features=mfcc", "--dataset=esc50", "--subset=esc10",
+                   f"--root={shared_esc10}", f"--out={out}", "--no-progress"])  # fmt: skip
+    return {"out": out, **json.loads((out / "results.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> Path:
+    path = original_checkpoint_path()
+    if not path.is_file():
+        message = f"{path} missing: run `{FETCH_COMMAND}` (make setup does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+# --------------------------------------------------------------------------- datasets and audio
+
+
+def test_esc10_copy_is_read_with_its_folds_and_flac_files(esc10) -> None:
+    assert esc10.name == "esc10" and esc10.classes == ESC10_CLASSES
+    assert len(esc10.clips) == 400 and np.bincount(esc10.folds).tolist() == [0, 80, 80, 80, 80, 80]
+    assert np.bincount(esc10.labels).tolist() == [40] * 10
+    assert all(c.path.suffix == ".flac" and c.path.is_file() for c in esc10.clips)
+    with pytest.raises(DatasetError, match="fold"):
+        esc10.select_folds([6])
+
+
+def test_esc50_layout_any_rate_and_channels_and_generic_csv(esc10, tmp_path: Path) -> None:
+    """An ESC-50 tree of 44.1 kHz stereo WAVs: subset, resampling, mixdown; then a generic CSV."""
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "meta").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    picks = [esc10.clips[i] for i in (0, 1, 100, 200)]
+    for i, clip in enumerate(picks):
+        wave = load_audio(clip.path)
+        stereo = np.stack([wave, wave], axis=1)
+        import librosa
+
+        stereo = librosa.resample(stereo.T, orig_sr=SAMPLE_RATE, target_sr=44100).T
+        name = f"{clip.fold}-{i}-A-{clip.label}.wav"
+        sf.write(tmp_path / "audio" / name, stereo, 44100, subtype="PCM_16")
+        category = esc10.classes[clip.label]
+        rows.append(f"{name},{clip.fold},{clip.label},{category},True,{i},A")
+    sf.write(tmp_path / "audio" / "1-9-A-33.wav", np.zeros(44100), 44100)
+    rows.append("1-9-A-33.wav,1,33,door_wood_knock,False,9,A")
+    (tmp_path / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+
+    full, subset = esc50(tmp_path), esc50(tmp_path, "esc10")
+    assert len(full.clips) == 5 and full.classes[-1] == "door_wood_knock"
+    assert len(subset.clips) == 4 and "door_wood_knock" not in subset.classes
+    wave = load_audio(subset.clips[0].path)
+    original = load_audio(picks[0].path)
+    assert wave.dtype == np.float32 and abs(len(wave) - len(original)) <= 2
+    n = min(len(wave), len(original))
+    assert np.corrcoef(wave[:n], original[:n])[0, 1] > 0.99
+
+    (tmp_path / "meta.csv").write_text(
+        "filename,fold,label\n" + "".join(f"{c.path.name},{c.fold},x{c.label}\n" for c in full.clips)
+    )
+    scenes = generic(tmp_path)
+    assert scenes.classes == sorted({f"x{c.label}" for c in full.clips})
+    (tmp_path / "meta.csv").write_text("filename,fold,label\nmissing.wav,1,a\n")
+    with pytest.raises(DatasetError, match="missing.wav"):
+        generic(tmp_path)
+    (tmp_path / "meta.csv").write_text("file,fold\n")
+    with pytest.raises(DatasetError, match="missing column"):
+        generic(tmp_path)
+
+
+def test_audio_from_video_and_bad_files(shared_videos: Path, tmp_path: Path) -> None:
+    wave = load_audio(shared_videos / "mdn-ie_stream-of-water.webm")  # Opus in WebM: ffmpeg
+    assert wave.dtype == np.float32 and wave.ndim == 1 and len(wave) > SAMPLE_RATE
+    assert np.abs(wave).max() <= 1.0 and np.abs(wave).max() > 0.01
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(AudioError, match="notes.mp4"):
+        load_audio(text)
+    with pytest.raises(AudioError, match="no such file"):
+        load_audio(tmp_path / "absent.wav")
+    assert tile(np.arange(3.0), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert len(tile(np.arange(9.0), 7)) == 9  # long clips are kept whole
+
+
+# --------------------------------------------------------------------------- SVM protocols
+
+
+def test_windows_and_pooling_follow_the_original() -> None:
+    feature = np.arange(10.0).reshape(2, 5)  # 2 channels, 5 frames
+    w = windows(feature, 2)
+    assert w.shape == (4, 4)
+    assert w[1].tolist() == [1, 2, 6, 7]  # Torch's feat[{}, {i, i+1}]:view(-1): channel-major
+    assert pooled(feature).tolist() == [[2.0, 7.0, 4.0, 9.0]]
+    assert paper_window(27) == 3  # pool5 of a 10 s clip: 27 frames -> windows of 3
+    samples = clip_samples([feature, np.ones((2, 7))], "paper")
+    assert [s.shape for s in samples] == [(5, 2), (7, 2)]
+
+
+def test_cross_validation_scores_a_clip_by_its_windows_mean_decision() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 12)
+    folds = np.tile(np.arange(1, 4), 12)
+    centres = rng.normal(0, 3, (3, 8))
+    samples = [centres[y] + rng.normal(0, 1, (5, 8)) for y in labels]  # 5 windows a clip
+    fixed = cross_validate(samples, labels, folds, C=0.01, standardize=False)
+    assert [r.fold for r in fixed] == [1, 2, 3] and all(r.C == 0.01 for r in fixed)
+    assert all(r.accuracy == 1.0 for r in fixed)
+    inner = cross_validate([s.mean(0, keepdims=True) for s in samples], labels, folds)
+    assert all(r.accuracy == 1.0 and r.C in (1e-4, 1e-3, 1e-2, 1e-1) for r in inner)
+    binary = cross_validate(samples[:24], labels[:24], folds[:24], C=1.0)
+    assert all(r.accuracy == 1.0 for r in binary)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_mfcc_baseline_is_where_the_paper_puts_it(mfcc_results: dict) -> None:
+    r = mfcc_results
+    assert 0.62 <= r["accuracy_mean"] <= 0.80, r["accuracy_per_fold"]  # paper: 0.675
+    assert r["dataset"] == "esc10" and r["features"] == "mfcc" and r["layer"] == "mfcc"
+    assert len(r["accuracy_per_fold"]) == 5 and r["folds"] == [1, 2, 3, 4, 5]
+    assert np.array(r["confusion_matrix"]).sum() == 400
+    md = (r["out"] / "results.md").read_text()
+    assert "| SVM on MFCC (paper) | 39.6 | 67.5 |" in md
+    assert f"**{100 * r['accuracy_mean']:.1f}**" in md
+    for png in ("confusion.png", "layers.png"):
+        assert (r["out"] / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_random_network_is_well_above_chance(two_folds, pool5_of) -> None:
+    features = pool5_of("random:soundnet8", two_folds)
+    folds = cross_validate(clip_samples(features, "pooled"), two_folds.labels, two_folds.folds)
+    accuracy = np.mean([f.accuracy for f in folds])
+    assert accuracy > 0.3, accuracy  # chance: 0.1
+
+
+def test_authors_network_beats_mfcc_on_two_folds(
+    real_weights, two_folds, pool5_of, mfcc_results
+) -> None:
+    features = pool5_of("original:soundnet8", two_folds)
+    folds = cross_validate(clip_samples(features, "pooled"), two_folds.labels, two_folds.folds)
+    accuracy = np.mean([f.accuracy for f in folds])
+    mfcc = np.mean(mfcc_results["accuracy_per_fold"][:2])  # the same two test folds
+    assert accuracy >= 0.85 and accuracy >= mfcc + 0.1, (accuracy, mfcc)
+
+
+def test_authors_network_hears_water_and_babies(real_weights, esc10) -> None:
+    model, labels = load_pretrained("original:soundnet8")
+    waves = {name: [load_audio(c.path) for c in esc10.clips if esc10.classes[c.label] == name][:4]
+             for name in ("sea_waves", "crying_baby")}  # fmt: skip
+    water = 0
+    for wave in waves["sea_waves"]:
+        top5 = {t["label"] for t in predict.predict_wave(model, labels, wave)["heads"]["scenes"]["clip"]}
+        water += bool(top5 & WATER_SCENES)
+    assert water >= 3, "sea waves should sound like water"
+    babies = [
+        predict.predict_wave(model, labels, w)["heads"]["objects"]["clip"][0]["label"]
+        for w in waves["crying_baby"]
+    ]
+    assert "diaper" in babies, babies
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_trainer_checkpoints_run_end_to_end(
+    factory_output: Path,  # noqa: F811
+    shared_esc10: Path,
+    shared_videos: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    """SoundNet-8 and the autoencoder trained by trainer.main for two steps, then eval.run
+    (every layer, both protocols) and eval.predict on a real video with those checkpoints."""
+    fast = ["--steps=2", "--batch-size=2", "--crop-seconds=5", "--workers=1", "--no-progress",
+            "--no-tensorboard"]  # fmt: skip
+    for arch in ("soundnet8", "autoencoder"):
+        trainer_main.main([f"--shards={factory_output}", f"--out={tmp_path / arch}",
+                           f"--arch={arch}", *fast])  # fmt: skip
+    base = ["--dataset=esc10", f"--root={shared_esc10}", "--folds=1,2", "--no-progress"]
+    out = tmp_path / "eval"
+    eval_run.main([f"--checkpoint={tmp_path / 'soundnet8' / 'last.pt'}", "--layer=all",
+                   f"--out={out}", *base])  # fmt: skip
+    printed = capsys.readouterr().out.strip().splitlines()
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["layers"]) == ["conv4", "conv5", "pool5", "conv6", "conv7", "conv8"]
+    assert results["layer"] == "pool5" and results["folds"] == [1, 2]
+    assert all(0.0 <= a <= 1.0 for a in results["accuracy_per_fold"])
+    assert printed[-1] == f"mean accuracy: {results['accuracy_mean']:.4f} (pool5)"
+    assert (out / "layers.png").is_file() and (out / "confusion.png").is_file()
+
+    eval_run.main([f"--checkpoint={tmp_path / 'autoencoder' / 'last.pt'}", "--protocol=paper",
+                   "--layer=all", f"--out={tmp_path / 'ae'}", *base])  # fmt: skip
+    results = json.loads((tmp_path / "ae" / "results.json").read_text())
+    assert results["layer"] == "conv4" and results["protocol"] == "paper" and results["C"] == 0.01
+    assert results["accuracy_mean"] > 0.2  # chance 0.1, even barely trained
+
+    video = shared_videos / "videollama_dog_barking.mp4"
+    with pytest.raises(SystemExit) as done:
+        predict.main([f"--checkpoint={tmp_path / 'soundnet8' / 'last.pt'}", "--json", str(video)])
+    assert done.value.code == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert set(result["heads"]) == {"objects", "scenes"}
+    assert len(result["heads"]["scenes"]["clip"]) == 5
+
+
+def test_predict_on_real_videos_tiles_short_clips_and_reports_bad_files(
+    shared_videos: Path, tmp_path: Path, capsys
+) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    files = [shared_videos / "torchcodec_nasa_13013.mp4", bad,
+             shared_videos / "media3_8k24fps_300ms.mp4"]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        predict.main(["--checkpoint=random:soundnet8", "--json", *map(str, files)])
+    assert done.value.code == 1  # one file failed; the others were still predicted
+    captured = capsys.readouterr()
+    assert "broken.mp4" in captured.err
+    long, failed, short = json.loads(captured.out)["results"]
+    assert "error" in failed and "broken.mp4" in failed["error"]
+    steps = long["heads"]["objects"]["steps"]
+    assert len(steps) >= 2 and steps[0]["start_s"] == 0.0
+    assert steps[-1]["end_s"] == pytest.approx(long["duration_s"], abs=0.05)
+    assert [len(s["top"]) for s in steps] == [5] * len(steps)
+    assert short["duration_s"] < 1.0 and short["tiled_to_s"] > 9.0  # tiled, not a crash
+    assert len(short["heads"]["scenes"]["steps"]) == 1
+    predict.format_text("x.mp4", long)  # the human-readable form renders too
+
+
+def test_hear_api(tmp_path: Path) -> None:
+    model = hear.load_model("random:soundnet8")
+    assert model.sample_rate == 22050
+    assert model.scene_embedding_size == 512 and model.timestamp_embedding_size == 256
+    audio = torch.rand(2, 3 * 22050) * 2 - 1
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (2, 512)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.shape[:2] == ts.shape and emb.shape[0] == 2 and emb.shape[2] == 256
+    assert emb.shape[1] == -(-3 * 22050 // 2048)  # the 3 s of real audio, not the tiling
+    assert torch.all(ts[:, 1:] > ts[:, :-1]) and ts[0, 0] == pytest.approx(1000 * 1024 / 22050)
+    assert torch.isfinite(scene).all() and torch.isfinite(emb).all()
