@@ -2,9 +2,9 @@
 #   docker run --gpus all --rm IMAGE --nproc-per-node=8 -m trainer.main --shards=... --out=/runs/a
 FROM python:3.11-slim-bookworm
 
-# ffmpeg lets eval.predict read video files; the trainer itself only reads shards.
+# curl: webdataset fetches http(s):// shards with it; ffmpeg: eval.predict reads video files.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ffmpeg=7:5.1.* \
+    && apt-get install -y --no-install-recommends curl=7.88.* ffmpeg=7:5.1.* \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/soundnet

@@ -61,7 +61,9 @@ def pipeline_output(shared_videos: Path, tmp_path_factory) -> Path:
     failures.parquet, labels/, run.json. 8 videos a shard, so there are several shards."""
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent  # shared by the xdist workers of one run
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, shared by its xdist workers
     out = root / "pipeline-output"
     with FileLock(str(root / "pipeline-output.lock")):
         if not (out / "run.json").exists():

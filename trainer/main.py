@@ -391,6 +391,12 @@ def main(argv: list[str] | None = None) -> None:
         log.info("--resume: no %s yet, starting fresh", last_path)
     elif args.init:
         init_weights(model, args.init)
+    starts = gather(start)
+    if len(set(starts)) > 1:  # e.g. nodes that do not share --out: they would hang in DDP
+        raise SystemExit(
+            f"ranks would start at different steps {starts}: --out must be a directory that "
+            f"every node sees (a shared file system), so that --resume reads the same {LAST}"
+        )
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
         if dist.is_initialized():
