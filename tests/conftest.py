@@ -33,6 +33,17 @@ def shared_esc10() -> Path:
     return _shared("esc10")
 
 
+REPORTS = REPO / "build" / "reports"
+
+
+def write_report(name: str, figures: dict) -> None:
+    """Figures a test measured, for the README's reliability section (build/ is git-ignored)."""
+    import json
+
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / f"{name}.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+
+
 def run_pipeline(*args: str) -> int:
     """Run `python -m pipeline.run` in-process (the real DirectRunner)."""
     from pipeline import run

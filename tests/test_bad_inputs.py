@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, read_table
-from tests.conftest import REPO
+from tests.conftest import REPO, write_report
 
 GOOD_CLIP = "mdn-sa_tears-of-steel-battle-clip-medium.webm"  # 70 s, VP8/Vorbis
 MP4_CLIP = "videollama_dog_barking.mp4"  # 7 s H.264/AAC, moov atom first
@@ -163,6 +163,20 @@ def test_bad_input_corpus_as_a_directory_and_as_a_list(shared_videos, tmp_path):
     failures = check_output(out, proc, fail, write, missing)
     (row,) = [r for r in failures if r["source"] == str(missing)]
     assert row["stage"] == "probe" and "no such file" in row["message"]
+    outcome = {str(p): "written" for p in write.values()}
+    outcome.update({r["source"]: f"failed [{r['stage']}] {r['message']}" for r in failures})
+    write_report(
+        "bad_inputs",
+        {
+            "input_kinds_tried": len(fail) + len(write) + 1,
+            "crashes": 0,
+            "good_inputs_lost": 0,
+            "outcome_by_kind": {
+                k: outcome[str(p)]
+                for k, p in [*fail.items(), *write.items(), ("missing path", missing)]
+            },
+        },
+    )
 
 
 def test_a_hanging_input_times_out_instead_of_stalling_the_run(tmp_path):

@@ -122,7 +122,8 @@ def test_esc50_layout_any_rate_and_channels_and_generic_csv(esc10, tmp_path: Pat
     assert np.corrcoef(wave[:n], original[:n])[0, 1] > 0.99
 
     (tmp_path / "meta.csv").write_text(
-        "filename,fold,label\n" + "".join(f"{c.path.name},{c.fold},x{c.label}\n" for c in full.clips)
+        "filename,fold,label\n"
+        + "".join(f"{c.path.name},{c.fold},x{c.label}\n" for c in full.clips)
     )
     scenes = generic(tmp_path)
     assert scenes.classes == sorted({f"x{c.label}" for c in full.clips})
@@ -216,7 +217,9 @@ def test_authors_network_hears_water_and_babies(real_weights, esc10) -> None:
              for name in ("sea_waves", "crying_baby")}  # fmt: skip
     water = 0
     for wave in waves["sea_waves"]:
-        top5 = {t["label"] for t in predict.predict_wave(model, labels, wave)["heads"]["scenes"]["clip"]}
+        top5 = {
+            t["label"] for t in predict.predict_wave(model, labels, wave)["heads"]["scenes"]["clip"]
+        }
         water += bool(top5 & WATER_SCENES)
     assert water >= 3, "sea waves should sound like water"
     babies = [

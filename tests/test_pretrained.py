@@ -67,9 +67,7 @@ def synthetic_sound8(arch: str = "soundnet8", seed: int = 0) -> dict[str, dict[s
 def write_npy_pickle(path: Path, obj: Any) -> None:
     """An .npy holding one pickled object, as numpy (and the authors' converter) writes it."""
     with path.open("wb") as f:
-        npy_format.write_array_header_1_0(
-            f, {"descr": "|O", "fortran_order": False, "shape": ()}
-        )
+        npy_format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
         pickle.dump(obj, f, protocol=4)  # 2 would add _codecs.encode for bytes, refused too
 
 

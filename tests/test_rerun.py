@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from schemas import INDEX_SCHEMA, decode_sample, read_table
-from tests.conftest import REPO
+from tests.conftest import REPO, write_report
 
 CLIPS = [
     "mdn-ie_friday.mp4",
@@ -120,3 +120,4 @@ def test_sigkill_at_several_moments_then_rerun_equals_a_clean_run(shared_videos,
     before = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
     run_to_end(listing, out)
     assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == before
+    write_report("sigkill", {"kill_points_survived": survived, "samples": len(want)})
