@@ -13,13 +13,14 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import platform
 import sys
 import time
 from collections import Counter
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline import writer
 from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     started = time.time()
     options = PipelineOptions(argv)
+    use_all_cores(options, argv if argv is not None else sys.argv[1:])
     opts = options.view_as(SoundNetOptions)
     output = opts.output.rstrip("/")
     opts.output = output
@@ -209,6 +211,19 @@ def runner_for(options: PipelineOptions):
     return DaskRunner()
 
 
+def use_all_cores(options: PipelineOptions, argv: list[str]) -> None:
+    """The DirectRunner runs one bundle at a time unless told otherwise; videos spend most of
+    their time in ffmpeg/decord and torch, which release the GIL, so threads overlap them."""
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return
+    if any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in argv):
+        return
+    direct = options.view_as(DirectOptions)
+    direct.direct_running_mode = "multi_threading"
+    direct.direct_num_workers = os.cpu_count() or 1
+
+
 def finished_shards(output: str, tasks: list[VideoTask]) -> set[int]:
     return {s for s in {t.shard_id for t in tasks} if writer.shard_done(output, s)}
 
@@ -228,7 +243,11 @@ def own_options(options: PipelineOptions) -> dict:
     """The project's options plus the runner (Beam's full option set is mostly defaults)."""
     parser = argparse.ArgumentParser()
     SoundNetOptions._add_argparse_args(parser)
-    own = {a.dest for a in parser._actions} | {"runner"}
+    own = {a.dest for a in parser._actions} | {
+        "runner",
+        "direct_running_mode",
+        "direct_num_workers",
+    }
     return {k: v for k, v in options.get_all_options().items() if k in own}
 
 
