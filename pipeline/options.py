@@ -9,13 +9,14 @@ class SoundNetOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         add = parser.add_argument
+        # Not argparse-required: Beam parses every registered options class for every pipeline
+        # in the process, so a required flag here would break pipelines that are not ours.
         add(
             "--input",
-            required=True,
             help="directory (searched recursively), glob, .txt list of URIs, or CSV/Parquet "
             "manifest with a 'uri' column (optional 'id')",
         )
-        add("--output", required=True, help="output directory (local path or gs://, s3://)")
+        add("--output", help="output directory (local path or gs://, s3://)")
         add(
             "--segment-seconds",
             dest="segment_seconds",

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     options = PipelineOptions(argv)
     use_all_cores(options, argv if argv is not None else sys.argv[1:])
     opts = options.view_as(SoundNetOptions)
+    if not opts.input or not opts.output:
+        print("error: --input and --output are required (see --help)", file=sys.stderr)
+        return 2
     output = opts.output.rstrip("/")
     opts.output = output
     plan = SegmentPlan(opts.segment_seconds, opts.frame_interval, opts.min_segment_seconds)
