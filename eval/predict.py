@@ -2,10 +2,12 @@
 
     python -m eval.predict --checkpoint original:soundnet8 FILE... [--top 5] [--json]
 
-FILE is any audio or video file ffmpeg can decode. Each output step of the head layer covers an
-equal share of the input (5 s for a 20 s input, as the teachers' frames in training); a clip
-shorter than the network's receptive field is tiled to it, never a crash. The whole-clip
-distribution is the mean of the steps' softmax outputs.
+FILE is any audio or video file ffmpeg can decode. The audio is cut into 20 s segments, the
+network's training crops, each giving one output step per 5 s (the teachers' frames); a last
+segment shorter than 20 s, or a whole clip, is tiled to 20 s, never a crash, and its steps that
+begin past the end are not shown. Other lengths are worse: the last frame before the head is
+then computed mostly from padding and swamps a step's scores. The whole-clip distribution is
+the mean of the steps' softmax outputs (of all four for a clip of up to 20 s).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +28,9 @@ from schemas import SAMPLE_RATE
 from trainer.checkpoint import CheckpointError
 from trainer.model import scale_waveform
 from trainer.pretrained import PretrainedError, load_pretrained
+
+SEGMENT = 20 * SAMPLE_RATE  # the trainer's crop: four 5 s teacher frames
+BATCH = 8  # segments per forward pass: bounded memory for long videos
 
 
 def _top(probs: torch.Tensor, names: Sequence[str], k: int) -> list[dict[str, Any]]:
@@ -36,39 +42,45 @@ def _top(probs: torch.Tensor, names: Sequence[str], k: int) -> list[dict[str, An
 
 
 def predict_wave(
-    model: nn.Module, labels: Mapping[str, Sequence[str]], wave: Any, top: int = 5
+    model: nn.Module, labels: Mapping[str, Sequence[str]], wave: np.ndarray, top: int = 5
 ) -> dict[str, Any]:
-    """Predictions for one mono 22050 Hz waveform (numpy, [-1, 1])."""
+    """Predictions for one mono 22050 Hz waveform (float in [-1, 1])."""
     duration = len(wave) / SAMPLE_RATE
-    tiled = tile(wave, model.min_samples)
+    pieces = [tile(wave[s : s + SEGMENT], SEGMENT) for s in range(0, len(wave), SEGMENT)]
+    probs: dict[str, list[torch.Tensor]] = {head: [] for head in model.head_sizes}
     with torch.inference_mode():
-        log_probs = model(scale_waveform(torch.from_numpy(tiled))[None])
-    span = len(tiled) / SAMPLE_RATE
+        for i in range(0, len(pieces), BATCH):
+            batch = scale_waveform(torch.from_numpy(np.stack(pieces[i : i + BATCH])))
+            for head, log_probs in model(batch).items():
+                probs[head].extend(log_probs.exp())  # [steps, classes] per segment
     heads = {}
-    for head, lp in log_probs.items():
-        probs = lp[0].exp()  # [steps, classes]
-        step = span / probs.shape[0]
+    for head, per_segment in probs.items():
+        step_s = SEGMENT / SAMPLE_RATE / per_segment[0].shape[0]
+        steps = [
+            (k * SEGMENT / SAMPLE_RATE + j * step_s, p)
+            for k, segment in enumerate(per_segment)
+            for j, p in enumerate(segment)
+        ]
+        shown = [(start, p) for start, p in steps if start < duration]
+        # a clip within one segment is all of its (tiled) steps; a longer one, its own steps
+        clip = torch.stack([p for _, p in (steps if len(per_segment) == 1 else shown)])
         heads[head] = {
-            "clip": _top(probs.mean(dim=0), labels[head], top),
+            "clip": _top(clip.mean(dim=0), labels[head], top),
             "steps": [
                 {
-                    "start_s": round(min(i * step, duration), 3),
-                    "end_s": round(min((i + 1) * step, duration), 3),
+                    "start_s": round(start, 3),
+                    "end_s": round(min(start + step_s, duration), 3),
                     "top": _top(p, labels[head], top),
                 }
-                for i, p in enumerate(probs)
+                for start, p in shown
             ],
         }
-    return {
-        "duration_s": round(duration, 3),
-        "tiled_to_s": round(span, 3) if len(tiled) > len(wave) else None,
-        "heads": heads,
-    }
+    return {"duration_s": round(duration, 3), "tiled": len(wave) % SEGMENT != 0, "heads": heads}
 
 
 def format_text(path: str, result: Mapping[str, Any]) -> str:
     steps = len(next(iter(result["heads"].values()))["steps"])
-    tiled = f", tiled to {result['tiled_to_s']:.1f} s" if result["tiled_to_s"] else ""
+    tiled = ", tiled" if result["tiled"] else ""
     lines = [f"{path} ({result['duration_s']:.1f} s{tiled}, {steps} step(s))"]
     for head, entry in result["heads"].items():
 
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         model, labels = load_pretrained(args.checkpoint)
     except (PretrainedError, CheckpointError) as err:
         sys.exit(f"error: {err}")
+    if not getattr(model, "head_sizes", None):
+        sys.exit(f"error: {args.checkpoint} has no class heads to predict (an autoencoder?)")
     results, failed = [], 0
     for path in args.files:
         try:

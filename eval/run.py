@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix
+from tqdm import tqdm
 
 from eval.audio import AudioError
 from eval.datasets import DATASETS, Dataset, DatasetError, load_dataset
@@ -94,11 +95,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.folds:
         dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
     samples, per_clip = compute_samples(args, dataset)
+    progress = not args.no_progress
     C = args.C if args.C is not None else (PAPER_C if args.protocol == "paper" else None)
     standardize = args.protocol == "pooled"
     start = time.perf_counter()
     per_layer: dict[str, list[FoldResult]] = {}
-    for layer, layer_samples in samples.items():
+    for layer, layer_samples in tqdm(
+        samples.items(), desc="svm", unit="layer", disable=not progress
+    ):
         per_layer[layer] = cross_validate(
             layer_samples, dataset.labels, dataset.folds, C, standardize, args.jobs
         )

@@ -115,13 +115,15 @@ def cross_validate(
     for fold in np.unique(folds):
         train, test = groups != fold, groups == fold
         if C is None:
+            cv = _inner_cv(groups[train], y[train])
             search = GridSearchCV(
                 make_svm(1.0, standardize, dual),
                 {"linearsvc__C": list(C_GRID)},
-                cv=_inner_cv(groups[train], y[train]),
+                cv=cv,
                 n_jobs=n_jobs,
             )
-            search.fit(X[train], y[train], groups=groups[train])
+            inner_groups = groups[train] if isinstance(cv, LeaveOneGroupOut) else None
+            search.fit(X[train], y[train], groups=inner_groups)
             model, chosen = search.best_estimator_, float(search.best_params_["linearsvc__C"])
         else:
             model, chosen = make_svm(C, standardize, dual).fit(X[train], y[train]), float(C)

@@ -213,7 +213,7 @@ def test_authors_network_beats_mfcc_on_two_folds(
 
 def test_authors_network_hears_water_and_babies(real_weights, esc10) -> None:
     model, labels = load_pretrained("original:soundnet8")
-    waves = {name: [load_audio(c.path) for c in esc10.clips if esc10.classes[c.label] == name][:4]
+    waves = {name: [load_audio(c.path) for c in esc10.clips if esc10.classes[c.label] == name][:6]
              for name in ("sea_waves", "crying_baby")}  # fmt: skip
     water = 0
     for wave in waves["sea_waves"]:
@@ -221,7 +221,7 @@ def test_authors_network_hears_water_and_babies(real_weights, esc10) -> None:
             t["label"] for t in predict.predict_wave(model, labels, wave)["heads"]["scenes"]["clip"]
         }
         water += bool(top5 & WATER_SCENES)
-    assert water >= 3, "sea waves should sound like water"
+    assert water >= 4, f"{water} of 6 sea-wave clips have a water scene in their top 5"
     babies = [
         predict.predict_wave(model, labels, w)["heads"]["objects"]["clip"][0]["label"]
         for w in waves["crying_baby"]
@@ -265,6 +265,7 @@ def test_trainer_checkpoints_run_end_to_end(
     assert results["accuracy_mean"] > 0.2  # chance 0.1, even barely trained
 
     video = shared_videos / "videollama_dog_barking.mp4"
+    capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         predict.main([f"--checkpoint={tmp_path / 'soundnet8' / 'last.pt'}", "--json", str(video)])
     assert done.value.code == 0
@@ -291,7 +292,7 @@ def test_predict_on_real_videos_tiles_short_clips_and_reports_bad_files(
     assert len(steps) >= 2 and steps[0]["start_s"] == 0.0
     assert steps[-1]["end_s"] == pytest.approx(long["duration_s"], abs=0.05)
     assert [len(s["top"]) for s in steps] == [5] * len(steps)
-    assert short["duration_s"] < 1.0 and short["tiled_to_s"] > 9.0  # tiled, not a crash
+    assert short["duration_s"] < 1.0 and short["tiled"]  # tiled, not a crash
     assert len(short["heads"]["scenes"]["steps"]) == 1
     predict.format_text("x.mp4", long)  # the human-readable form renders too
 
