@@ -27,12 +27,17 @@ DEFAULT_SECONDS = 10.0
 
 def set_threads() -> None:
     """All cores for the convolutions (torch may default to fewer under a container quota)."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, cores or 1))
 
 
-def resolve_layers(model: nn.Module, layer: str) -> list[str]:
-    """`all` -> the table's layers present in the model; otherwise one checked layer name."""
+def resolve_layers(model: nn.Module, layer: str | None) -> list[str]:
+    """`all` -> the table's layers present in the model; None -> pool5, or the deepest table
+    layer of a model without it (the autoencoder's conv4); otherwise one checked layer name."""
     names = list(model.layer_names)
+    if layer is None:
+        present = [name for name in TABLE_LAYERS if name in names]
+        return ["pool5"] if "pool5" in names else present[-1:] or names[-1:]
     if layer == "all":
         layers = [name for name in TABLE_LAYERS if name in names]
         return layers or names

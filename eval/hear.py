@@ -24,17 +24,14 @@ TIMESTAMP_LAYER = "conv5"
 
 
 def _hop(net: nn.Module, layer: str) -> int:
-    """Input samples per frame of `layer`: the product of strides and pools up to it."""
-    hop = 1
-    for spec in net.block_specs:
-        hop *= spec.stride
-        if spec.name == layer:
-            return hop
-        if spec.pool:
-            hop *= spec.pool
-            if spec.pool_name == layer:
-                return hop
-    raise ValueError(f"layer {layer!r} is not in the network's body")
+    """Input samples per frame of `layer`, measured: frames gained by 2^16 more samples."""
+    extra = 1 << 16  # a multiple of every hop of these networks
+    with torch.inference_mode():
+        short, long = (
+            net.features(torch.zeros(1, net.min_samples + n), layer).shape[-1]
+            for n in (extra, 2 * extra)
+        )
+    return extra // (long - short)
 
 
 class SoundNetEmbedding(nn.Module):
@@ -45,7 +42,8 @@ class SoundNetEmbedding(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net.eval()
-        body = [name for name in net.layer_names if name != net.head_spec.name]
+        head = getattr(getattr(net, "head_spec", None), "name", None)
+        body = [name for name in net.layer_names if name != head]
         self.scene_layer = SCENE_LAYER if SCENE_LAYER in body else body[-1]
         self.timestamp_layer = TIMESTAMP_LAYER if TIMESTAMP_LAYER in body else body[-1]
         self.hop = _hop(net, self.timestamp_layer)

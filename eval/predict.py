@@ -78,19 +78,19 @@ def predict_wave(
     return {"duration_s": round(duration, 3), "tiled": len(wave) % SEGMENT != 0, "heads": heads}
 
 
+def _row(items: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{t['label']} {t['prob']:.2f}" for t in items)
+
+
 def format_text(path: str, result: Mapping[str, Any]) -> str:
     steps = len(next(iter(result["heads"].values()))["steps"])
     tiled = ", tiled" if result["tiled"] else ""
     lines = [f"{path} ({result['duration_s']:.1f} s{tiled}, {steps} step(s))"]
     for head, entry in result["heads"].items():
-
-        def row(items: Sequence[Mapping[str, Any]]) -> str:
-            return ", ".join(f"{t['label']} {t['prob']:.2f}" for t in items)
-
-        lines.append(f"  {head:<8} whole clip    {row(entry['clip'])}")
+        lines.append(f"  {head:<8} whole clip    {_row(entry['clip'])}")
         for s in entry["steps"]:
             when = f"{s['start_s']:6.1f}-{s['end_s']:.1f} s"
-            lines.append(f"  {'':<8} {when:<13} {row(s['top'])}")
+            lines.append(f"  {'':<8} {when:<13} {_row(s['top'])}")
     return "\n".join(lines)
 
 

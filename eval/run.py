@@ -13,8 +13,10 @@ prints the mean accuracy last.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", required=True, type=Path, help="the dataset's folder")
     p.add_argument("--subset", choices=("esc10",), help="ESC-50's ESC-10 subset")
     p.add_argument("--meta", type=Path, help="generic layout: CSV of filename,fold,label")
-    p.add_argument("--layer", default="pool5", help="conv4..conv8, pool5, ... or 'all'")
+    p.add_argument(
+        "--layer",
+        help="conv4..conv8, pool5, ... or 'all' (default: pool5, or the "
+        "deepest of conv4..conv8 a model has)",
+    )
     p.add_argument("--protocol", choices=PROTOCOLS, default="pooled")
     p.add_argument("--C", type=float, help="fixed SVM C (default: inner CV; paper: 0.01)")
     p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
@@ -72,20 +78,25 @@ def _slug(text: str) -> str:
 
 def compute_samples(
     args: argparse.Namespace, dataset: Dataset
-) -> tuple[dict[str, list[np.ndarray]], float]:
-    """{layer: per-clip SVM samples} and the feature seconds per clip."""
+) -> tuple[dict[str, Callable[[], list[np.ndarray]]], float]:
+    """{layer: a function giving its per-clip SVM samples} and the feature seconds per clip.
+    Samples are made one layer at a time: the paper protocol's windows of every layer at once
+    would not fit in memory on ESC-50."""
     paths = [clip.path for clip in dataset.clips]
     progress = not args.no_progress
     start = time.perf_counter()
     if args.features == "mfcc":
-        samples = {"mfcc": [v[None] for v in extract_mfcc(paths, progress)]}
+        vectors = [v[None] for v in extract_mfcc(paths, progress)]
+        samples = {"mfcc": lambda: vectors}
     else:
         model, _ = load_pretrained(args.checkpoint)
         layers = resolve_layers(model, args.layer)
         features = extract_features(
             model, paths, layers, args.seconds, args.batch_size, progress=progress
         )
-        samples = {name: clip_samples(feats, args.protocol) for name, feats in features.items()}
+        samples = {
+            name: functools.partial(clip_samples, features[name], args.protocol) for name in layers
+        }
     return samples, (time.perf_counter() - start) / max(1, len(paths))
 
 
@@ -100,11 +111,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     standardize = args.protocol == "pooled"
     start = time.perf_counter()
     per_layer: dict[str, list[FoldResult]] = {}
-    for layer, layer_samples in tqdm(
+    for layer, make_samples in tqdm(
         samples.items(), desc="svm", unit="layer", disable=not progress
     ):
         per_layer[layer] = cross_validate(
-            layer_samples, dataset.labels, dataset.folds, C, standardize, args.jobs
+            make_samples(), dataset.labels, dataset.folds, C, standardize, args.jobs
         )
     svm_seconds = time.perf_counter() - start
     layers = {

@@ -23,6 +23,7 @@ from eval.features import extract_features
 from eval.svm import clip_samples, cross_validate, paper_window, pooled, windows
 from schemas import SAMPLE_RATE
 from trainer import main as trainer_main
+from trainer.model import build_model
 from trainer.pretrained import FETCH_COMMAND, load_pretrained, original_checkpoint_path
 
 ESC10_CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
@@ -259,7 +260,7 @@ def test_trainer_checkpoints_run_end_to_end(
     assert (out / "layers.png").is_file() and (out / "confusion.png").is_file()
 
     eval_run.main([f"--checkpoint={tmp_path / 'autoencoder' / 'last.pt'}", "--protocol=paper",
-                   "--layer=all", f"--out={tmp_path / 'ae'}", *base])  # fmt: skip
+                   f"--out={tmp_path / 'ae'}", *base])  # fmt: skip
     results = json.loads((tmp_path / "ae" / "results.json").read_text())
     assert results["layer"] == "conv4" and results["protocol"] == "paper" and results["C"] == 0.01
     assert results["accuracy_mean"] > 0.2  # chance 0.1, even barely trained
@@ -309,3 +310,8 @@ def test_hear_api(tmp_path: Path) -> None:
     assert emb.shape[1] == -(-3 * 22050 // 2048)  # the 3 s of real audio, not the tiling
     assert torch.all(ts[:, 1:] > ts[:, :-1]) and ts[0, 0] == pytest.approx(1000 * 1024 / 22050)
     assert torch.isfinite(scene).all() and torch.isfinite(emb).all()
+
+    encoder = hear.SoundNetEmbedding(build_model("autoencoder", {}))  # no pool5, no heads
+    assert encoder.scene_layer == encoder.timestamp_layer == "conv4" and encoder.hop == 1024
+    emb, ts = hear.get_timestamp_embeddings(audio[:1], encoder)
+    assert emb.shape == (1, -(-3 * 22050 // 1024), 128) and ts.shape == emb.shape[:2]
