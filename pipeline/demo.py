@@ -62,11 +62,40 @@ def main(argv: list[str] | None = None) -> int:
         f"segments: {index.num_rows}, audio: {seconds / 3600:.4f} h ({seconds:.1f} s), "
         f"failures: {failures.num_rows}"
     )
-    print("what the visual teacher saw (objects head, mean over frames):")
+    heard = authors_network_hears(sorted(teacher_top3(output)))
+    print(
+        "what the visual teacher saw (objects, mean over frames) | what the authors' "
+        "SoundNet-8 hears (objects; scenes):"
+    )
     for source, top in sorted(teacher_top3(output).items()):
         classes = ", ".join(f"{name} {p:.2f}" for name, p in top)
-        print(f"  {Path(source).name:36s} {classes}")
+        print(f"  {Path(source).name}\n    saw:   {classes}")
+        if source in heard:
+            print(f"    hears: {heard[source]}")
     return 0
+
+
+def authors_network_hears(sources: list[str]) -> dict[str, str]:
+    """Top-3 objects and scenes of original:soundnet8 per clip (empty when the weights are
+    missing: `make setup` fetches them)."""
+    from eval.audio import load_audio
+    from eval.predict import predict_wave
+    from trainer.pretrained import PretrainedError, load_pretrained
+
+    try:
+        model, labels = load_pretrained("original:soundnet8")
+    except PretrainedError as err:
+        print(f"(the authors' network is not shown: {err})")
+        return {}
+    heard = {}
+    for source in sources:
+        result = predict_wave(model, labels, load_audio(source), top=3)
+        heard[source] = "; ".join(
+            ", ".join(f"{t['label']} {t['prob']:.2f}" for t in result["heads"][head]["clip"])
+            for head in ("objects", "scenes")
+            if head in result["heads"]
+        )
+    return heard
 
 
 if __name__ == "__main__":
