@@ -67,7 +67,7 @@ def main() -> None:
     for layer in layers:
         start = time.perf_counter()
         folds = cross_validate(clip_samples(features[layer], "pooled"), dataset.labels,
-                               dataset.folds, n_jobs=-1)  # fmt: skip
+                               dataset.folds)  # fmt: skip
         svm_s[layer] = time.perf_counter() - start
         accs = " ".join(f"{f.accuracy:.3f}" for f in folds)
         print(

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="tile clips to this")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--jobs", type=int, default=-1, help="parallel SVM fits (default: all cores)")
+    p.add_argument("--jobs", type=int, help="parallel inner-CV fits (joblib n_jobs)")
     p.add_argument("--out", type=Path, help="output folder (default runs/eval-DATASET-NAME)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -107,15 +107,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
     samples, per_clip = compute_samples(args, dataset)
     progress = not args.no_progress
-    C = args.C if args.C is not None else (PAPER_C if args.protocol == "paper" else None)
-    standardize = args.protocol == "pooled"
+    protocol = args.protocol if args.features == "network" else "pooled"
+    C = args.C if args.C is not None else (PAPER_C if protocol == "paper" else None)
     start = time.perf_counter()
     per_layer: dict[str, list[FoldResult]] = {}
     for layer, make_samples in tqdm(
         samples.items(), desc="svm", unit="layer", disable=not progress
     ):
         per_layer[layer] = cross_validate(
-            make_samples(), dataset.labels, dataset.folds, C, standardize, args.jobs
+            make_samples(), dataset.labels, dataset.folds, C, protocol, args.jobs
         )
     svm_seconds = time.perf_counter() - start
     layers = {

@@ -20,7 +20,7 @@ from eval import run as eval_run
 from eval.audio import AudioError, load_audio, tile
 from eval.datasets import DatasetError, esc50, generic, load_dataset
 from eval.features import extract_features
-from eval.svm import clip_samples, cross_validate, paper_window, pooled, windows
+from eval.svm import C_GRID, clip_samples, cross_validate, paper_window, pooled, windows
 from schemas import SAMPLE_RATE
 from trainer import main as trainer_main
 from trainer.model import build_model
@@ -170,11 +170,11 @@ def test_cross_validation_scores_a_clip_by_its_windows_mean_decision() -> None:
     folds = np.tile(np.arange(1, 4), 12)
     centres = rng.normal(0, 3, (3, 8))
     samples = [centres[y] + rng.normal(0, 1, (5, 8)) for y in labels]  # 5 windows a clip
-    fixed = cross_validate(samples, labels, folds, C=0.01, standardize=False)
+    fixed = cross_validate(samples, labels, folds, C=0.01, protocol="paper")
     assert [r.fold for r in fixed] == [1, 2, 3] and all(r.C == 0.01 for r in fixed)
     assert all(r.accuracy == 1.0 for r in fixed)
     inner = cross_validate([s.mean(0, keepdims=True) for s in samples], labels, folds)
-    assert all(r.accuracy == 1.0 and r.C in (1e-4, 1e-3, 1e-2, 1e-1) for r in inner)
+    assert all(r.accuracy == 1.0 and r.C in C_GRID for r in inner)
     binary = cross_validate(samples[:24], labels[:24], folds[:24], C=1.0)
     assert all(r.accuracy == 1.0 for r in binary)
 
@@ -241,7 +241,8 @@ def test_trainer_checkpoints_run_end_to_end(
     capsys,
 ) -> None:
     """SoundNet-8 and the autoencoder trained by trainer.main for two steps, then eval.run
-    (every layer, both protocols) and eval.predict on a real video with those checkpoints."""
+    (every layer; the paper's protocol; the autoencoder's conv4) and eval.predict on a real
+    video with those checkpoints."""
     fast = ["--steps=2", "--batch-size=2", "--crop-seconds=5", "--workers=1", "--no-progress",
             "--no-tensorboard"]  # fmt: skip
     for arch in ("soundnet8", "autoencoder"):
@@ -259,10 +260,15 @@ def test_trainer_checkpoints_run_end_to_end(
     assert printed[-1] == f"mean accuracy: {results['accuracy_mean']:.4f} (pool5)"
     assert (out / "layers.png").is_file() and (out / "confusion.png").is_file()
 
-    eval_run.main([f"--checkpoint={tmp_path / 'autoencoder' / 'last.pt'}", "--protocol=paper",
+    eval_run.main([f"--checkpoint={tmp_path / 'soundnet8' / 'last.pt'}", "--protocol=paper",
+                   f"--out={tmp_path / 'paper'}", *base])  # fmt: skip
+    results = json.loads((tmp_path / "paper" / "results.json").read_text())
+    assert results["layer"] == "pool5" and results["protocol"] == "paper" and results["C"] == 0.01
+
+    eval_run.main([f"--checkpoint={tmp_path / 'autoencoder' / 'last.pt'}",
                    f"--out={tmp_path / 'ae'}", *base])  # fmt: skip
     results = json.loads((tmp_path / "ae" / "results.json").read_text())
-    assert results["layer"] == "conv4" and results["protocol"] == "paper" and results["C"] == 0.01
+    assert results["layer"] == "conv4" and list(results["layers"]) == ["conv4"]
     assert results["accuracy_mean"] > 0.2  # chance 0.1, even barely trained
 
     video = shared_videos / "videollama_dog_barking.mp4"
