@@ -1,8 +1,8 @@
-"""Decoding, one input at a time: probe (ffprobe), audio (ffmpeg) and teacher frames (decord,
-with an ffmpeg fallback).
+"""Decoding, one input at a time: probe, audio and teacher frames, in-process through PyAV
+(pipeline/libav.py), with the ffprobe/ffmpeg tools taking over wherever PyAV cannot.
 
 Every problem with an input raises `InputError(stage, message)`, the message naming the file and
-saying what is wrong in words a person understands; raw ffmpeg/decord errors never escape.
+saying what is wrong in words a person understands; raw ffmpeg/PyAV errors never escape.
 
 Time base: frame times are seconds from the container's start time (`MediaInfo.start_time_s`),
 and the decoded audio is aligned to the same origin (a stream that starts late is padded with
@@ -11,7 +11,6 @@ silence), so audio sample `i` and frame time `i / 22050` describe the same momen
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
+from pipeline import libav
 from pipeline.errors import InputError
 from schemas import SAMPLE_RATE
 
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
-# decord's bundled FFmpeg has no AV1 decoder: go straight to the ffmpeg path for these.
-DECORD_UNSUPPORTED_CODECS = frozenset({"av1"})
 # The ffmpeg path selects the frames of at most this many times per ffmpeg call, so the select
 # expression stays short and each call only reads the stretch of the file it needs.
 _TIMES_PER_FFMPEG_CALL = 32
@@ -217,16 +215,32 @@ def _pick_video_stream(videos: list[dict]) -> dict:
 
 
 def probe(path: str, timeout_s: float = 60) -> MediaInfo:
-    """ffprobe `path`; raise InputError("probe", ...) unless it has an audio and a video stream."""
+    """Probe `path` (PyAV in-process, ffprobe where PyAV cannot); raise InputError("probe", ...)
+    unless it has an audio and a video stream."""
     _check_file(path, "probe")
+    data = None
+    if libav.usable(path):
+        try:
+            data = libav.probe(path)
+        except libav.Unfit as err:
+            log.debug("%s: probing with ffprobe (PyAV: %s)", path, err)
+    return _media_info(path, data if data is not None else _ffprobe(path, timeout_s))
+
+
+def _ffprobe(path: str, timeout_s: float) -> dict:
     # The arguments of ffmpeg.probe; run here because ffmpeg-python 0.2.0's probe has no timeout.
     args = [FFPROBE, "-v", "level+error", "-show_format", "-show_streams", "-of", "json"]
     args += ["-i", path]  # -i: a file named "-x.mp4" is not an option
     out, _ = _run(args, "probe", path, "ffprobe", timeout_s)
     try:
-        data = json.loads(out.decode("utf-8", "replace"))
+        return json.loads(out.decode("utf-8", "replace"))
     except json.JSONDecodeError as err:
         raise InputError("probe", f"{path}: ffprobe gave unreadable output ({err})") from err
+
+
+def _media_info(path: str, data: dict) -> MediaInfo:
+    """MediaInfo from ffprobe's JSON (or libav.probe's copy of it); InputError("probe", ...)
+    unless the file has an audio and a video stream."""
     streams = data.get("streams") or []
     fmt = data.get("format") or {}
     if not streams:
@@ -291,13 +305,28 @@ def _stream_map(index: int, kind: str) -> str:
 
 
 def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarray:
-    """The first audio stream as int16 mono (all channels mixed down) at 22050 Hz.
+    """The first audio stream as int16 mono (all channels mixed down) at 22050 Hz: through PyAV,
+    or the ffmpeg tool where PyAV fails or falls short (whose errors say what is wrong).
 
     Sample 0 is the container's start time: a stream that starts later is padded with silence,
     so audio and frame times share one origin. (Not with `aresample=first_pts=0`: that trusts
     the packet timestamps, and drops most of the audio of files whose timestamps are broken.)
     """
     _check_file(path, "decode_audio")
+    if libav.usable(path):
+        try:
+            audio = libav.decode_audio(path, info.audio_stream_index)
+        except libav.Unfit as err:
+            log.debug("%s: audio through ffmpeg (PyAV: %s)", path, err)
+        else:
+            expected = info.audio_duration_s or info.duration_s
+            if not expected or len(audio) >= 0.9 * expected * SAMPLE_RATE:
+                return _pad_start(audio, info)
+            log.debug("%s: audio through ffmpeg (PyAV decoded too little)", path)
+    return _pad_start(_ffmpeg_audio(path, info, timeout_s), info)
+
+
+def _ffmpeg_audio(path: str, info: MediaInfo, timeout_s: float) -> np.ndarray:
     args = (
         ffmpeg.input(path)
         .output(
@@ -322,7 +351,7 @@ def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarr
             f"({info.audio_codec}, {_ffmpeg_reason(err, path)})",
         )
     _check_complete(path, info, audio.size / SAMPLE_RATE, err)
-    return _pad_start(audio, info)
+    return audio
 
 
 def _pad_start(audio: np.ndarray, info: MediaInfo) -> np.ndarray:
@@ -381,13 +410,9 @@ def resize_and_crop(frame: np.ndarray, size: int = 224, resize_short: int = 256)
     return center_crop(np.asarray(resized)[None], size)[0]
 
 
-class _DecordUnfit(Exception):
-    """decord cannot be trusted with this file; the ffmpeg path takes over."""
-
-
 # Containers without a keyframe index, where seeking lands on the wrong frames (measured:
-# decord off by up to 12 frames in MPEG-PS; ffmpeg's -ss in MPEG-TS lands between keyframes and
-# decodes broken pictures): ffmpeg decodes these from the start, in one pass.
+# decord off by up to 12 frames and PyAV's first pictures unlike ffmpeg's in MPEG-PS; ffmpeg's -ss in MPEG-TS lands between keyframes and
+# decodes broken pictures): these are decoded from the start, in one pass.
 _INEXACT_SEEK_FORMATS = frozenset({"mpeg", "mpegts", "mpegvideo", "m2ts", "h264", "hevc"})
 
 
@@ -395,79 +420,14 @@ def _seeks_exactly(info: MediaInfo) -> bool:
     return not set(info.format_name.split(",")) & _INEXACT_SEEK_FORMATS
 
 
-def _decord_unfit_reason(info: MediaInfo) -> str | None:
-    """Why decord should not be tried on this file, or None when it should."""
-    if info.video_codec in DECORD_UNSUPPORTED_CODECS:
-        return f"decord cannot decode {info.video_codec}"
-    if info.num_video_streams > 1:
-        # decord picks a stream by its own rule; ffmpeg is told which one probe described.
-        return f"{info.num_video_streams} video streams"
+def _libav_unfit_reason(path: str, info: MediaInfo) -> str | None:
+    """Why PyAV should not be tried for this file's frames, or None when it should."""
+    if not libav.usable(path):
+        return "not a regular file"
     if not _seeks_exactly(info):
+        # Measured on MPEG-PS: PyAV's first pictures differ from the ffmpeg tool's.
         return f"seeking in {info.format_name} files is inexact"
     return None
-
-
-@functools.cache
-def _decord():
-    """decord, imported on first use (a heavy native library), with its libav logging off: its
-    lines would not name the file, and what goes wrong reaches the caller as an exception."""
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-    return decord
-
-
-def _decord_frames(
-    path: str, info: MediaInfo, times_s: np.ndarray, out_size: tuple[int, int], threads: int
-) -> np.ndarray:
-    """decord: seek to the keyframe before each wanted frame and decode only from there.
-
-    eva-decord applies the rotation metadata itself (as ffmpeg's autorotate does) and then
-    scales to the requested display-oriented size while decoding, so no full-size RGB frame is
-    ever made.
-    """
-    decord = _decord()
-    width, height = out_size
-    try:
-        reader = decord.VideoReader(
-            path, ctx=decord.cpu(0), width=width, height=height, num_threads=threads
-        )
-        indices = _frame_indices(reader, info, times_s)
-        unique, inverse = np.unique(indices, return_inverse=True)
-        batch = reader.get_batch(unique.tolist()).asnumpy()
-    except _DecordUnfit:
-        raise
-    except Exception as err:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, ...
-        text = str(err).strip()
-        message = text.splitlines()[-1][:_MAX_MESSAGE_CHARS] if text else repr(err)
-        raise _DecordUnfit(message) from err
-    if batch.shape != (len(unique), height, width, 3) or batch.dtype != np.uint8:
-        wanted = (len(unique), height, width, 3)
-        raise _DecordUnfit(f"returned frames of shape {batch.shape}, wanted {wanted}")
-    return batch[inverse.reshape(-1)]
-
-
-def _frame_indices(reader, info: MediaInfo, times_s: np.ndarray) -> np.ndarray:
-    """For each time, the index of the frame displayed then: the last frame starting at or
-    before it (the first frame before the video starts, the last one after it ends).
-
-    decord's timestamps count from the video stream's start time. Where they are garbage
-    (AVI), repeat (VP8 hidden frames) or start before zero (an edit list's preroll), decord's
-    frame numbering was measured to be off by 1 to 5 frames: those files go to ffmpeg.
-    """
-    count = len(reader)
-    starts = np.asarray(reader.get_frame_timestamp(list(range(count))), np.float64)[:, 0]
-    if not (np.all(np.isfinite(starts)) and np.all(np.abs(starts) < 1e7)):
-        raise _DecordUnfit("its frame timestamps are missing")
-    if count > 1 and not np.all(np.diff(starts) > 0):
-        raise _DecordUnfit("its frame timestamps repeat or go backwards")
-    if starts[0] < -1e-3:
-        raise _DecordUnfit("it counts frames before the start (an edit list)")
-    video_start = info.video_start_time_s
-    offset = info.start_time_s - (info.start_time_s if video_start is None else video_start)
-    wanted = times_s + offset  # the same moments on decord's clock
-    indices = np.searchsorted(starts, wanted + 1e-6, side="right") - 1
-    return np.clip(indices, 0, count - 1)
 
 
 def _select_expression(targets: np.ndarray, window: float, tail_from: float | None) -> str:
@@ -653,14 +613,14 @@ def sample_frames_with_backend(
     backend: str = "auto",
     threads: int = 0,
 ) -> tuple[np.ndarray, str]:
-    """`sample_frames`, also saying which decoder made the frames ("decord" or "ffmpeg").
+    """`sample_frames`, also saying which decoder made the frames ("pyav" or "ffmpeg").
 
-    backend: "auto" (decord, else ffmpeg), or "decord" / "ffmpeg" to force one (tests, benches).
-    threads: decoder threads for decord and ffmpeg; 0 lets them choose (all cores). With one
-    pipeline worker per core, 1 spends about 20% less CPU on the same frames.
+    backend: "auto" (PyAV, else the ffmpeg tool), or "pyav" / "ffmpeg" to force one (tests,
+    benches). threads: decoder threads; 0 lets the decoder choose (all cores). With one pipeline
+    worker per core, 1 spends less CPU on the same frames.
     """
-    if backend not in ("auto", "decord", "ffmpeg"):
-        raise ValueError(f"backend must be auto, decord or ffmpeg, not {backend!r}")
+    if backend not in ("auto", "pyav", "ffmpeg"):
+        raise ValueError(f"backend must be auto, pyav or ffmpeg, not {backend!r}")
     if not 0 < size <= resize_short:
         raise ValueError(f"need 0 < size <= resize_short, got {size} and {resize_short}")
     times = np.asarray(times_s, np.float64).reshape(-1)
@@ -672,14 +632,18 @@ def sample_frames_with_backend(
     _check_file(path, "decode_frames")
     out_size = resized_size(info.display_size, resize_short)
 
-    reason = "asked for" if backend == "ffmpeg" else _decord_unfit_reason(info)
+    reason = "asked for" if backend == "ffmpeg" else _libav_unfit_reason(path, info)
     if reason is None:
+        targets = np.unique(info.start_time_s + times)  # absolute times, sorted
         try:
-            return center_crop(_decord_frames(path, info, times, out_size, threads), size), "decord"
-        except _DecordUnfit as err:
-            reason = f"decord: {err}"
-    if backend == "decord":
-        raise InputError("decode_frames", f"{path}: decord cannot decode it ({reason})")
+            frames = libav.frames_at(path, info.video_stream_index, targets, out_size, threads)
+        except libav.Unfit as err:
+            reason = f"PyAV: {err}"
+        else:
+            picked = frames[np.searchsorted(targets, info.start_time_s + times)]
+            return center_crop(picked, size), "pyav"
+    if backend == "pyav":
+        raise InputError("decode_frames", f"{path}: PyAV cannot decode it ({reason})")
     log.debug("%s: frames through ffmpeg (%s)", path, reason)
     frames = _ffmpeg_frames(path, info, times, out_size, threads, timeout_s)
     return center_crop(frames, size), "ffmpeg"
@@ -697,8 +661,8 @@ def sample_frames(
     """uint8 [len(times_s), size, size, 3] RGB: for each time (seconds from the container start)
     the frame displayed then, as displayed (rotation and pixel aspect applied), its shorter side
     scaled to `resize_short` (bicubic, antialiased) and centre-cropped to `size`. Times past the
-    last frame get the last frame. decord seeks and decodes only what is needed; ffmpeg takes
-    over where decord cannot decode (AV1) or was measured to pick wrong frames. `timeout_s`
+    last frame get the last frame. PyAV seeks and decodes only what is needed; the ffmpeg tool
+    takes over where PyAV cannot be trusted (missing or disordered timestamps). `timeout_s`
     bounds each ffmpeg call."""
     return sample_frames_with_backend(
         path, info, times_s, size, resize_short, timeout_s, threads=threads

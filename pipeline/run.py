@@ -216,7 +216,7 @@ def runner_for(options: PipelineOptions):
 
 def use_all_cores(options: PipelineOptions, argv: list[str]) -> None:
     """The DirectRunner runs one bundle at a time unless told otherwise; videos spend most of
-    their time in ffmpeg/decord and torch, which release the GIL, so threads overlap them."""
+    their time in PyAV/ffmpeg and torch, which release the GIL, so threads overlap them."""
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "direct"):
         return

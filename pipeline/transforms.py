@@ -116,7 +116,9 @@ class _DecodeVideoFn(beam.DoFn):
                 ),
             )
         stage[0] = "decode_frames"
-        frames = media.sample_frames(path, info, frame_times(segments), timeout_s=self.timeout_s)
+        # One decoder thread: Beam already runs one video per core.
+        times = frame_times(segments)
+        frames = media.sample_frames(path, info, times, timeout_s=self.timeout_s, threads=1)
         return info, audio, segments, frames
 
 

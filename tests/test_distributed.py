@@ -123,14 +123,6 @@ def dask_setup(worker):
     spy(media, "probe", lambda path, *a, **k: path)
     spy(dask_runner, "_run_bundle", lambda items, run_id, key, *a: key)
     spy(base._RunInferenceDoFn, "setup", head)
-    load_decord = getattr(getattr(media, "_decord", None), "__wrapped__", None)
-    if load_decord is not None:  # media imports decord once per process, through this cache
-
-        def decord():
-            note("import_decord", "")
-            return load_decord()
-
-        media._decord = functools.cache(decord)
 """
 
 
@@ -363,8 +355,7 @@ def test_dask_runner_output_equals_the_direct_runners(dask_run, direct):
 
 def test_dask_workers_build_each_teacher_once_not_per_element(dask_run):
     """Per worker process, each teacher's RunInference DoFn is set up once and its model built
-    once, for all of its bundles, batches and frames; decord, the frame decoder library, is
-    loaded once. (Beam's own Dask translation sets a DoFn up for every bundle; the model then
+    once, for all of its bundles, batches and frames. (Beam's own Dask translation sets a DoFn up for every bundle; the model then
     survives only while Beam's Shared cache or a leftover reference holds it.)"""
     events = dask_run["events"]
     assert not [d for _, e, d in events if e == "missing"], "the spy lost track of a function"
@@ -380,7 +371,6 @@ def test_dask_workers_build_each_teacher_once_not_per_element(dask_run):
         if event == "teacher_probabilities":
             batches[pid] += 1
             frames[pid] += int(detail)
-    decord = Counter(pid for pid, event, _ in events if event == "import_decord")
     summary = {
         pid: {
             "teacher builds": {h: loads[pid, h] for h in ("objects", "scenes")},
@@ -388,7 +378,6 @@ def test_dask_workers_build_each_teacher_once_not_per_element(dask_run):
             "inference bundles": {h: bundles[pid, h] for h in ("objects", "scenes")},
             "batches": batches[pid],
             "frames": frames[pid],
-            "decord imports": decord[pid],
         }
         for pid in dask_run["pids"].values()
     }
@@ -397,7 +386,6 @@ def test_dask_workers_build_each_teacher_once_not_per_element(dask_run):
     assert all(n == 1 for n in loads.values()), summary  # ... once
     assert all(n == 1 for n in setups.values()), summary  # and set its DoFn up once
     assert max(bundles.values()) >= 3, summary  # and reused it across bundles
-    assert all(n <= 1 for n in decord.values()), summary
 
 
 def test_a_killed_dask_worker_reruns_and_the_output_equals_an_uninterrupted_run(
