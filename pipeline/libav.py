@@ -25,6 +25,7 @@ import numpy as np
 from schemas import SAMPLE_RATE
 
 _KEYFRAME = 1  # AVINDEX_KEYFRAME
+_SKIP_NONREF_BEFORE_S = 1.0
 _LATE_SEEK_BACKOFF_S = (1.0, 4.0, 16.0, 64.0)  # retry earlier when a seek lands past the target
 
 
@@ -243,8 +244,14 @@ class _Cursor:
             raise Unfit(f"frame times go backwards ({previous.time:.3f} s then {time:.3f} s)")
 
     def shown_at(self, target: float) -> av.VideoFrame:
+        context = self.stream.codec_context
         while not self.ended and self.ahead is not None and self.ahead.time <= target + 1e-6:
             self.shown = self.ahead
+            # Far before the target, frames no other frame refers to are not decoded at all
+            # (about 40% of H.264/HEVC decoding). The margin exceeds any decoder's reorder
+            # delay, so the frame shown at the target is always decoded.
+            far = self.ahead.time < target - _SKIP_NONREF_BEFORE_S
+            context.skip_frame = "NONREF" if far else "DEFAULT"
             self._next()
         frame = self.shown or self.ahead  # before the first frame: the first frame
         if frame is None:
