@@ -86,7 +86,11 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     step_rate = args.steps * args.batch_size / (time.perf_counter() - began)
-    print(f"train step: {step_rate:.1f} samples/s ({args.arch}, {device})")
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    print(f"train step: {step_rate:.1f} samples/s ({args.arch}, {device}, {precision})")
+    # each sample is a crop of args.crop_seconds of audio
+    audio_hours = step_rate * args.crop_seconds  # audio-seconds per second = audio-h per h
+    print(f"throughput: {audio_hours:.0f} audio-hours per {device.type.upper()}-hour (step alone)")
     print(f"loader_over_step={loader_rate / step_rate:.2f}")
 
 
