@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -67,7 +68,20 @@ def make_svm(C: float, protocol: str, dual: bool = True) -> Pipeline:
     if protocol == "paper":
         svm = LinearSVC(C=C, loss="squared_hinge", dual=dual, fit_intercept=True, max_iter=20_000)
         return make_pipeline(svm)
-    return make_pipeline(StandardScaler(), SVC(C=C, kernel="linear"))
+    return make_pipeline(StandardScaler(), LinearKernel(), SVC(C=C, kernel="precomputed"))
+
+
+class LinearKernel(TransformerMixin, BaseEstimator):
+    """Samples -> their dot products with the training samples (float64): the linear kernel
+    computed once by BLAS, so libsvm looks kernel values up instead of computing each as a
+    dot product of thousands of dimensions (conv8: 7x faster, the same SVM)."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LinearKernel:
+        self.train_ = np.asarray(X, np.float64)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, np.float64) @ self.train_.T
 
 
 @dataclass
