@@ -88,7 +88,10 @@ class SoundNetOptions(PipelineOptions):
             dest="decode_timeout",
             type=float,
             default=600.0,
-            help="seconds one ffprobe/ffmpeg call may take before the input counts as failed",
+            help=(
+                "seconds one ffprobe/ffmpeg call may take before the input counts as failed "
+                "(pipes, remote and broken files; regular files decode in-process via PyAV)"
+            ),
         )
         add(
             "--max-failed-fraction",
