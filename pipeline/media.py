@@ -109,6 +109,16 @@ def _run(
     return proc.stdout, proc.stderr
 
 
+def ffmpeg_version() -> str:
+    """The ffmpeg tool's version ("5.1.6-0+deb12u1"), or why there is none."""
+    try:
+        out = subprocess.run([FFMPEG, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unavailable ({type(err).__name__})"
+    first = out.stdout.split("\n", 1)[0].split()
+    return first[2] if len(first) > 2 else "unknown"
+
+
 # ---------------------------------------------------------------------------------------------
 # probe
 

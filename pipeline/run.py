@@ -22,7 +22,7 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import writer
+from pipeline import media, writer
 from pipeline.inputs import InputListError, VideoTask, plan_tasks, read_input_entries
 from pipeline.options import SoundNetOptions
 from pipeline.segments import SegmentPlan
@@ -268,12 +268,19 @@ def summarize(tasks: list[VideoTask], index, failures) -> dict:
 
 
 def versions() -> dict:
+    """What decoded and labelled the data: decoders of other versions give slightly different
+    samples."""
+    import av
     import torch
 
+    libavcodec = ".".join(map(str, av.library_versions["libavcodec"]))
     return {
         "python": platform.python_version(),
         "apache_beam": beam.__version__,
         "torch": torch.__version__,
+        "pyav": av.__version__,
+        "libavcodec (PyAV)": libavcodec,
+        "ffmpeg (fallback)": media.ffmpeg_version(),
     }
 
 

@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -65,6 +66,9 @@ def test_every_clip_is_written_but_the_short_and_the_broken(pipeline_output, sha
     assert record["counts"]["videos_failed"] == len(failures)
     assert record["counts"]["samples"] == index.num_rows
     assert len(list((pipeline_output / "shards").glob("*.tar"))) == record["counts"]["shards"] > 1
+    # the decoders that made the samples: another version decodes slightly differently
+    versions = record["versions"]
+    assert versions["pyav"] == av.__version__ and versions["ffmpeg (fallback)"][0].isdigit()
 
 
 def test_shards_follow_the_format_and_match_the_index(pipeline_output, samples):
