@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,16 @@ def write_report(name: str, figures: dict) -> None:
 
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / f"{name}.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+
+
+def assert_same_sample(got, want) -> None:
+    """Two schemas.Sample: identical audio, and each of `want`'s teacher rows within 1e-3
+    (float16 storage; BLAS may order sums differently between runs)."""
+    np.testing.assert_array_equal(got.audio, want.audio)
+    for head, probs in want.probs.items():
+        np.testing.assert_allclose(
+            got.probs[head].astype(np.float32), probs.astype(np.float32), atol=1e-3
+        )
 
 
 def run_pipeline(*args: str) -> int:

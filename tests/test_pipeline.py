@@ -25,7 +25,7 @@ from schemas import (
     read_labels,
     read_table,
 )
-from tests.conftest import REPO, run_pipeline
+from tests.conftest import REPO, assert_same_sample, run_pipeline
 
 # Clips whose audio is under --min-segment-seconds=1 (ffprobe durations 0.30 to 0.98 s).
 SHORT_CLIPS = {
@@ -177,12 +177,7 @@ def test_multi_processing_mode_writes_the_same_samples(
         str(shared_videos / n) for n in names if n not in SHORT_CLIPS
     }
     for key, sample in mine.items():
-        np.testing.assert_array_equal(sample.audio, samples[key].audio)
-        np.testing.assert_allclose(
-            sample.probs["objects"].astype(np.float32),
-            samples[key].probs["objects"].astype(np.float32),
-            atol=1e-3,
-        )
+        assert_same_sample(sample, samples[key])
     failures = read_table(out / "failures.parquet", FAILURES_SCHEMA)
     assert [Path(s).name for s in failures.column("source").to_pylist()] == [
         "pymediainfo_sample.mp4"

@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import webdataset as wds
 
 from schemas import INDEX_SCHEMA, decode_sample, read_table
-from tests.conftest import REPO, write_report
+from tests.conftest import REPO, assert_same_sample, write_report
 
 CLIPS = [
     "mdn-ie_friday.mp4",
@@ -80,11 +79,7 @@ def contents(out: Path) -> dict:
 def assert_same_samples(got: dict, want: dict) -> None:
     assert list(got) == list(want)
     for key, sample in want.items():
-        np.testing.assert_array_equal(got[key].audio, sample.audio)
-        for head, probs in sample.probs.items():
-            np.testing.assert_allclose(
-                got[key].probs[head].astype(np.float32), probs.astype(np.float32), atol=1e-3
-            )
+        assert_same_sample(got[key], sample)
 
 
 def has(pattern: str):
