@@ -26,6 +26,8 @@ from trainer.model import (
     conv_body,
     paper_init,
     prepare_waveform,
+    run_layers,
+    wanted_layers,
 )
 
 ENCODER = SOUNDNET8[:4]  # conv1 (+pool1), conv2 (+pool2), conv3, conv4
@@ -74,18 +76,8 @@ class ConvAutoencoder(nn.Module):
         self, wave: torch.Tensor, layers: str | Sequence[str] = "conv4"
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Encoder activations [batch, channels, frames] of one layer, or a dict for a list."""
-        wanted = [layers] if isinstance(layers, str) else list(layers)
-        unknown = set(wanted) - set(self.layer_names)
-        if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {self.layer_names}")
-        out: dict[str, torch.Tensor] = {}
-        x = prepare_waveform(wave, self.min_samples)
-        for name, module in self.body.items():
-            x = module(x)
-            if name in wanted:
-                out[name] = x
-            if len(out) == len(wanted):
-                break
+        wanted = wanted_layers(layers, self.layer_names)
+        out, _ = run_layers(self.body, prepare_waveform(wave, self.min_samples), wanted)
         return out[wanted[0]] if isinstance(layers, str) else out
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,29 @@ def scale_waveform(audio: torch.Tensor) -> torch.Tensor:
     return audio * WAVE_SCALE
 
 
+def wanted_layers(layers: str | Sequence[str], known: Sequence[str]) -> list[str]:
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    unknown = set(wanted) - set(known)
+    if unknown:
+        raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {list(known)}")
+    return wanted
+
+
+def run_layers(
+    body: nn.ModuleDict, x: torch.Tensor, wanted: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run `body` in order keeping the outputs named in `wanted`, up to the last of them (all
+    of it when one is not in `body`); also the last output computed."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in body.items():
+        x = module(x)
+        if name in wanted:
+            out[name] = x
+        if len(out) == len(wanted):
+            break
+    return out, x
+
+
 def prepare_waveform(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
     """[samples] or [batch, samples] or [batch, 1, samples] -> [batch, 1, >= min_samples].
 
@@ -173,21 +196,11 @@ class SoundNet(nn.Module):
         Conv layers give their ReLU outputs; the head layer (`conv8` / `conv5` of SoundNet-5)
         gives a dict of raw head scores per head.
         """
-        wanted = [layers] if isinstance(layers, str) else list(layers)
-        unknown = set(wanted) - set(self.layer_names)
-        if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {self.layer_names}")
-        out: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {}
-        x = self._prepare(wave)
-        for name, module in self.body.items():
-            x = module(x)
-            if name in wanted:
-                out[name] = x
-            if len(out) == len(wanted):
-                break
-        else:
-            if self.head_spec.name in wanted:
-                out[self.head_spec.name] = {h: conv(x) for h, conv in self.heads.items()}
+        wanted = wanted_layers(layers, self.layer_names)
+        kept, x = run_layers(self.body, self._prepare(wave), wanted)
+        out: dict[str, torch.Tensor | dict[str, torch.Tensor]] = dict(kept)
+        if self.head_spec.name in wanted:  # not in the body: x is the whole body's output
+            out[self.head_spec.name] = {h: conv(x) for h, conv in self.heads.items()}
         return out[wanted[0]] if isinstance(layers, str) else out
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
