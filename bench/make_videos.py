@@ -37,6 +37,8 @@ LAYOUTS = [
 
 
 def make(path: Path, layout: tuple, seed: int) -> None:
+    if path.exists():  # made by an earlier call: keep it
+        return
     _, video, seconds, vcodec, audio, acodec, _, _ = layout
     if audio.startswith("anoisesrc"):
         audio += f":seed={seed}"
