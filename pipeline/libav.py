@@ -5,8 +5,9 @@ This is media.py's fast path: starting ffprobe and ffmpeg costs about 50 ms of C
 than decoding a short clip. Every function raises `Unfit` when a file is not plainly readable
 (decoding errors, missing or disordered timestamps, no frames), and media.py then redoes the
 step with the ffprobe/ffmpeg command-line tools, whose behaviour on broken files, timeouts and
-error messages the pipeline is built around. Regular files only: opening a named pipe here
-could block with no timeout.
+error messages the pipeline is built around. Decoding that runs past its time limit raises
+`TimedOut` (checked between packets and frames: a call that hangs inside libav is not caught).
+Regular files only: opening a named pipe here could block with no timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import bisect
 import math
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -31,6 +33,19 @@ _LATE_SEEK_BACKOFF_S = (1.0, 4.0, 16.0, 64.0)  # retry earlier when a seek lands
 
 class Unfit(Exception):
     """This file (or this step of it) is left to the command-line tools."""
+
+
+class TimedOut(Exception):
+    """Decoding went on past its time limit (checked between packets and frames)."""
+
+
+def _deadline(timeout_s: float) -> float:
+    return time.monotonic() + timeout_s
+
+
+def _check(deadline: float, timeout_s: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimedOut(f"PyAV timed out after {timeout_s:g} s")
 
 
 def usable(path: str) -> bool:
@@ -50,7 +65,7 @@ def _open(path: str) -> Iterator[av.container.InputContainer]:
         raise Unfit(f"cannot open: {err}") from err
     try:
         yield container
-    except Unfit:
+    except (Unfit, TimedOut):
         raise
     except Exception as err:  # noqa: BLE001 - av.FFmpegError, ValueError, ...
         raise Unfit(f"{type(err).__name__}: {err}") from err
@@ -130,15 +145,17 @@ def _first_frame(container: av.container.InputContainer, stream: av.stream.Strea
 # audio
 
 
-def decode_audio(path: str, stream_index: int) -> np.ndarray:
+def decode_audio(path: str, stream_index: int, timeout_s: float = math.inf) -> np.ndarray:
     """The audio stream as int16 mono 22050 Hz, all channels mixed down: what
     `ffmpeg -ac 1 -ar 22050 -f s16le` gives (the same swresample underneath)."""
+    deadline = _deadline(timeout_s)
     with _open(path) as container:
         stream = container.streams[stream_index] if stream_index >= 0 else None
         stream = stream or container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         chunks = []
         for packet in container.demux(stream):  # only this stream's packets are read out
+            _check(deadline, timeout_s)
             for frame in packet.decode():  # a corrupt packet raises: the tools take over
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
         chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
@@ -157,6 +174,7 @@ def frames_at(
     targets: np.ndarray,
     out_size: tuple[int, int],
     threads: int,
+    timeout_s: float = math.inf,
 ) -> np.ndarray:
     """uint8 [N, H, W, 3]: for each absolute time in `targets` (sorted) the frame displayed
     then (the last one starting at or before it; the first frame before the video starts, the
@@ -174,7 +192,7 @@ def frames_at(
         stream.thread_count = threads
         if threads != 1:
             stream.thread_type = "AUTO"
-        cursor = _Cursor(container, stream)
+        cursor = _Cursor(container, stream, _deadline(timeout_s), timeout_s)
         pictures = []
         for target in targets.tolist():
             if cursor.should_seek(target):
@@ -187,8 +205,15 @@ class _Cursor:
     """A position in the decoded video: `shown` (the last frame at or before it) and `ahead`
     (the next frame decoded, not yet reached)."""
 
-    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream):
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.stream.Stream,
+        deadline: float,
+        timeout_s: float,
+    ):
         self.container, self.stream = container, stream
+        self.deadline, self.timeout_s = deadline, timeout_s
         self.keyframes: list[float] = []  # read after the first seek (Matroska loads cues then)
         self.frames: Iterator[av.VideoFrame] | None = None
         self.shown: av.VideoFrame | None = None
@@ -232,6 +257,7 @@ class _Cursor:
 
     def _next(self) -> None:
         """Decode one more frame into `ahead` (None at the end), checking its time."""
+        _check(self.deadline, self.timeout_s)
         previous = self.ahead or self.shown
         self.ahead = next(self.frames, None)
         if self.ahead is None:

@@ -325,7 +325,9 @@ def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarr
     _check_file(path, "decode_audio")
     if libav.usable(path):
         try:
-            audio = libav.decode_audio(path, info.audio_stream_index)
+            audio = libav.decode_audio(path, info.audio_stream_index, timeout_s)
+        except libav.TimedOut as err:
+            raise InputError("decode_audio", f"{path}: {err}") from err
         except libav.Unfit as err:
             log.debug("%s: audio through ffmpeg (PyAV: %s)", path, err)
         else:
@@ -646,7 +648,11 @@ def sample_frames_with_backend(
     if reason is None:
         targets = np.unique(info.start_time_s + times)  # absolute times, sorted
         try:
-            frames = libav.frames_at(path, info.video_stream_index, targets, out_size, threads)
+            frames = libav.frames_at(
+                path, info.video_stream_index, targets, out_size, threads, timeout_s
+            )
+        except libav.TimedOut as err:
+            raise InputError("decode_frames", f"{path}: {err}") from err
         except libav.Unfit as err:
             reason = f"PyAV: {err}"
         else:

@@ -89,8 +89,8 @@ class SoundNetOptions(PipelineOptions):
             type=float,
             default=600.0,
             help=(
-                "seconds one ffprobe/ffmpeg call may take before the input counts as failed "
-                "(pipes, remote and broken files; regular files decode in-process via PyAV)"
+                "seconds one decoding step (audio, frames; in-process or an ffprobe/ffmpeg "
+                "call) may take before the input counts as failed"
             ),
         )
         add(

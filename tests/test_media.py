@@ -327,24 +327,24 @@ def test_truncated_file_and_timeouts_are_input_errors(tmp_path, made):
         "decode_audio", "truncated or corrupt", cut, lambda: media.decode_audio(str(cut), info)
     )
 
-    # The timeouts bound the ffmpeg tools (PyAV, in-process, reads regular files only).
+    # in-process (PyAV) decoding and the ffmpeg tools both stop at the time limit
     info = media.probe(str(whole))
-    expect_input_error(
-        "decode_audio",
-        "ffmpeg timed out after 0.001 s",
-        whole,
-        lambda: media._ffmpeg_audio(str(whole), info, timeout_s=0.001),
-    )
+    for decoder, call in [
+        ("PyAV", lambda: media.decode_audio(str(whole), info, timeout_s=0.001)),
+        ("ffmpeg", lambda: media._ffmpeg_audio(str(whole), info, timeout_s=0.001)),
+    ]:
+        expect_input_error("decode_audio", f"{decoder} timed out after 0.001 s", whole, call)
     av1 = str(made["av1.mp4"])
     info = media.probe(av1)
-    expect_input_error(
-        "decode_frames",
-        "ffmpeg timed out after 0.001 s",
-        av1,
-        lambda: media.sample_frames_with_backend(
-            av1, info, [1.0], timeout_s=0.001, backend="ffmpeg"
-        ),
-    )
+    for backend, decoder in (("auto", "PyAV"), ("ffmpeg", "ffmpeg")):
+        expect_input_error(
+            "decode_frames",
+            f"{decoder} timed out after 0.001 s",
+            av1,
+            lambda b=backend: media.sample_frames_with_backend(
+                av1, info, [1.0], timeout_s=0.001, backend=b
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
