@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,16 @@ def assert_same_sample(got, want) -> None:
         np.testing.assert_allclose(
             got.probs[head].astype(np.float32), probs.astype(np.float32), atol=1e-3
         )
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the repository, as a user runs it; output captured."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def run_pipeline(*args: str) -> int:

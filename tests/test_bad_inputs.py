@@ -10,13 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, read_table
-from tests.conftest import REPO, write_report
+from tests.conftest import REPO, run_module, write_report
 
 GOOD_CLIP = "mdn-sa_tears-of-steel-battle-clip-medium.webm"  # 70 s, VP8/Vorbis
 MP4_CLIP = "videollama_dog_barking.mp4"  # 7 s H.264/AAC, moov atom first
@@ -101,13 +100,7 @@ def make_corpus(videos: Path, folder: Path) -> tuple[dict[str, Path], dict[str, 
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.run", "--runner=DirectRunner", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_module("pipeline.run", "--runner=DirectRunner", *args, timeout=900)
 
 
 def check_output(out: Path, proc, fail: dict, write: dict, missing: Path | None = None):

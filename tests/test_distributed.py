@@ -40,7 +40,7 @@ import pytest
 import webdataset as wds
 
 from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, decode_sample, read_table, shard_name
-from tests.conftest import REPO, assert_same_sample
+from tests.conftest import REPO, assert_same_sample, run_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
@@ -538,12 +538,9 @@ def test_two_torchrun_nodes_train_from_shards_over_http_and_resume(pipeline_outp
 
 def test_cluster_demo_starts_a_dask_cluster_runs_the_sample_and_stops_it(tmp_path):
     """The command behind `make cluster-demo`, as a user runs it (needs nothing beside the repo)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cluster_demo", f"--output={tmp_path / 'out'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_module(
+        "pipeline.cluster_demo",
+        f"--output={tmp_path / 'out'}",
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-4000:]

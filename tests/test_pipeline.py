@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from schemas import (
     read_labels,
     read_table,
 )
-from tests.conftest import REPO, assert_same_sample, run_pipeline
+from tests.conftest import assert_same_sample, run_module, run_pipeline
 
 # Clips whose audio is under --min-segment-seconds=1 (ffprobe durations 0.30 to 0.98 s).
 SHORT_CLIPS = {
@@ -186,13 +184,7 @@ def test_multi_processing_mode_writes_the_same_samples(
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.demo", f"--output={tmp_path / 'demo'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_module("pipeline.demo", f"--output={tmp_path / 'demo'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "videos written: 4, segments: 5" in proc.stdout
     assert "failures: 0" in proc.stdout
