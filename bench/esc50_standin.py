@@ -53,7 +53,8 @@ def main() -> None:
         wave = load_audio(clip.path, RATE)
         for k, speed in enumerate(SPEEDS):
             target = clip.label * len(SPEEDS) + k
-            name = f"{clip.fold}-{clip.path.stem.split('-', 1)[1].rsplit('-', 1)[0]}-{target}.wav"
+            # ESC-50's FOLD-SOURCE-TAKE-TARGET.wav, with the new target
+            name = f"{clip.path.stem.rsplit('-', 1)[0]}-{target}.wav"
             sf.write(args.out / "audio" / name, at_speed(wave, speed), RATE, subtype="PCM_16")
             category = f"{esc10.classes[clip.label]}@{speed:.2f}x"
             rows.append([name, clip.fold, target, category, "False", clip.path.stem, "A"])

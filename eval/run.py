@@ -57,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="tile clips to this")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--jobs", type=int, help="parallel inner-CV fits (joblib n_jobs)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="parallel SVM fits: inner-CV fits, or the folds with a fixed C (joblib n_jobs)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/eval-DATASET-NAME)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

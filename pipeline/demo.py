@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         f"segments: {index.num_rows}, audio: {seconds / 3600:.4f} h ({seconds:.1f} s), "
         f"failures: {failures.num_rows}"
     )
-    heard = authors_network_hears(sorted(teacher_top3(output)))
+    saw = teacher_top3(output)  # reads every shard: once
+    heard = authors_network_hears(sorted(saw))
     print(
         "what the visual teacher saw (objects, mean over frames) | what the authors' "
         "SoundNet-8 hears (objects; scenes):"
     )
-    for source, top in sorted(teacher_top3(output).items()):
+    for source, top in sorted(saw.items()):
         classes = ", ".join(f"{name} {p:.2f}" for name, p in top)
         print(f"  {Path(source).name}\n    saw:   {classes}")
         if source in heard:

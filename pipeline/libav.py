@@ -217,15 +217,15 @@ class _Cursor:
         self.keyframes: list[float] = []  # read after the first seek (Matroska loads cues then)
         self.frames: Iterator[av.VideoFrame] | None = None
         self.shown: av.VideoFrame | None = None
-        self.ahead: av.VideoFrame | None = None
-        self.ended = False
+        self.ahead: av.VideoFrame | None = None  # None also at the end of the stream
 
     def should_seek(self, target: float) -> bool:
         if self.frames is None:
             return True
         if self.ahead is not None and target < self.ahead.time:
             return False  # the frame shown at `target` is already here
-        position = (self.ahead or self.shown).time if (self.ahead or self.shown) else -math.inf
+        current = self.ahead or self.shown
+        position = current.time if current is not None else -math.inf
         if len(self.keyframes) < 2:
             return target - position > 2.0  # no index: seek over any long stretch
         # Seek only when a keyframe lies past the position: decoding from it is shorter.
@@ -252,7 +252,7 @@ class _Cursor:
                 if entry.flags & _KEYFRAME
             )
         self.frames = self.container.decode(self.stream)
-        self.shown, self.ahead, self.ended = None, None, False
+        self.shown, self.ahead = None, None
         self._next()
 
     def _next(self) -> None:
@@ -261,7 +261,6 @@ class _Cursor:
         previous = self.ahead or self.shown
         self.ahead = next(self.frames, None)
         if self.ahead is None:
-            self.ended = True
             return
         time = self.ahead.time
         if time is None or not math.isfinite(time):
@@ -271,7 +270,7 @@ class _Cursor:
 
     def shown_at(self, target: float) -> av.VideoFrame:
         context = self.stream.codec_context
-        while not self.ended and self.ahead is not None and self.ahead.time <= target + 1e-6:
+        while self.ahead is not None and self.ahead.time <= target + 1e-6:
             self.shown = self.ahead
             # Far before the target, frames no other frame refers to are not decoded at all
             # (about 40% of H.264/HEVC decoding). The margin exceeds any decoder's reorder

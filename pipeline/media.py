@@ -331,8 +331,7 @@ def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarr
         except libav.Unfit as err:
             log.debug("%s: audio through ffmpeg (PyAV: %s)", path, err)
         else:
-            expected = info.audio_duration_s or info.duration_s
-            if not expected or len(audio) >= 0.9 * expected * SAMPLE_RATE:
+            if not _falls_short(info, len(audio) / SAMPLE_RATE):
                 return _pad_start(audio, info)
             log.debug("%s: audio through ffmpeg (PyAV decoded too little)", path)
     return _pad_start(_ffmpeg_audio(path, info, timeout_s), info)
@@ -376,16 +375,24 @@ def _pad_start(audio: np.ndarray, info: MediaInfo) -> np.ndarray:
     return np.concatenate([np.zeros(late, np.int16), audio])
 
 
+def _expected_audio_s(info: MediaInfo) -> float:
+    return info.audio_duration_s or info.duration_s
+
+
+def _falls_short(info: MediaInfo, decoded_s: float) -> bool:
+    """Less than 90 % of the audio the file declares."""
+    expected = _expected_audio_s(info)
+    return bool(expected) and decoded_s < 0.9 * expected
+
+
 def _check_complete(path: str, info: MediaInfo, decoded_s: float, stderr: bytes) -> None:
     """A truncated or corrupt file decodes partly with errors: fail it rather than keep a stub."""
-    expected = info.audio_duration_s or info.duration_s
-    errors = stderr.decode("utf-8", "replace").strip()
-    if errors and expected and decoded_s < 0.9 * expected:
+    if stderr.decode("utf-8", "replace").strip() and _falls_short(info, decoded_s):
         raise InputError(
             "decode_audio",
             (
                 f"{path}: truncated or corrupt: decoded {decoded_s:.2f} s of audio out of "
-                f"{expected:.2f} s ({_ffmpeg_reason(stderr, path)})"
+                f"{_expected_audio_s(info):.2f} s ({_ffmpeg_reason(stderr, path)})"
             ),
         )
 
