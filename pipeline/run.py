@@ -114,7 +114,7 @@ def build_pipeline(
         errors.append(errs)
     teacher_errors = errors | "TeacherErrors" >> beam.Flatten()
     parts = (decoded.videos, labelled, teacher_errors) | "WriteParts" >> WriteVideoParts(
-        opts.output, {s.head: s.info for s in specs}
+        opts.output, {s.head: s.info for s in specs}, plan.frame_interval
     )
     reused = p | "ReusedParts" >> beam.Create(ready)
     (

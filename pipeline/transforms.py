@@ -173,8 +173,8 @@ class LabelFrames(beam.PTransform):
 class _WriteVideoPartFn(beam.DoFn):
     """All of a video's pieces -> its samples, written as one part file of its shard."""
 
-    def __init__(self, output: str, heads: dict[str, HeadInfo]):
-        self.output, self.heads = output, heads
+    def __init__(self, output: str, heads: dict[str, HeadInfo], frame_interval: float):
+        self.output, self.heads, self.frame_interval = output, heads, frame_interval
         self.written = Metrics.counter("soundnet", "videos_written")
         self.samples = Metrics.counter("soundnet", "samples_written")
 
@@ -227,6 +227,7 @@ class _WriteVideoPartFn(beam.DoFn):
                 num_samples=seg.num_samples,
                 frame_times_s=list(seg.frame_times_s),
                 heads=self.heads,
+                frame_interval_s=self.frame_interval,
             )
             samples.append(
                 Sample(
@@ -243,14 +244,14 @@ class _WriteVideoPartFn(beam.DoFn):
 class WriteVideoParts(beam.PTransform):
     """Join each video with its teachers' rows and write its samples: (shard_id, part|failure)."""
 
-    def __init__(self, output: str, heads: dict[str, HeadInfo]):
+    def __init__(self, output: str, heads: dict[str, HeadInfo], frame_interval: float):
         super().__init__()
-        self.output, self.heads = output, heads
+        self.output, self.heads, self.frame_interval = output, heads, frame_interval
 
     def expand(self, inputs):
         videos, labelled, errors = inputs
         joined = {"video": videos, "errors": errors, **labelled} | beam.CoGroupByKey()
-        return joined | beam.ParDo(_WriteVideoPartFn(self.output, self.heads))
+        return joined | beam.ParDo(_WriteVideoPartFn(self.output, self.heads, self.frame_interval))
 
 
 class _WriteShardFn(beam.DoFn):

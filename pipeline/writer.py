@@ -38,6 +38,7 @@ from schemas import (
     Sample,
     SampleMetadata,
     encode_sample,
+    index_row,
     shard_name,
     table_from_rows,
     validate_table,
@@ -106,19 +107,6 @@ def write_part(output: str, shard_id: int, video_id: str, samples: list[Sample])
     path = part_path(output, shard_id, video_id)
     write_atomic(path, tar_bytes(samples))
     return path
-
-
-def index_row(meta: SampleMetadata, shard: str) -> dict:
-    return {
-        "key": meta.key,
-        "shard": shard,
-        "video_id": meta.video_id,
-        "source": meta.source,
-        "segment": meta.segment,
-        "start_s": meta.start_s,
-        "duration_s": meta.duration_s,
-        "num_frames": len(meta.frame_times_s),
-    }
 
 
 def assemble_shard(output: str, shard_id: int, parts: list[str], failures: list[dict]) -> dict:

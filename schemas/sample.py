@@ -1,9 +1,12 @@
-"""Shard format version 1: one WebDataset sample per segment (SPEC.md section 3).
+"""Shard format version 2: one WebDataset sample per segment (SPEC.md section 3).
 
 Members of a sample with key `{video_id}-{segment:04d}`:
   flac        the segment's audio, mono 22050 Hz 16-bit FLAC
   {head}.npy  float16 [num_frames, num_classes], one probability row per teacher frame
   json        SampleMetadata
+
+Version 2 records the frame interval the teachers were sampled at (`frame_interval_s`) and the
+audio codec; version-1 samples still read (their interval is read off `frame_times_s`).
 
 `encode_sample` and `decode_sample` are the only code that turns samples into tar members and
 back; the pipeline, trainer and eval all go through them. Nothing is ever unpickled.
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SAMPLE_RATE = 22050
 AUDIO_MEMBER = "flac"
 METADATA_MEMBER = "json"
@@ -99,6 +103,10 @@ class SampleMetadata:
     num_samples: int
     frame_times_s: list[float]  # relative to the video's start, one per teacher frame
     heads: dict[str, HeadInfo]
+    # the pipeline's --frame-interval: one frame at the centre of each whole step of this many
+    # seconds (None only in version-1 samples, which did not record it)
+    frame_interval_s: float | None
+    audio_codec: str = AUDIO_MEMBER
     sample_rate: int = SAMPLE_RATE
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +115,21 @@ class SampleMetadata:
     def key(self) -> str:
         return sample_key(self.video_id, self.segment)
 
+    def frame_interval(self) -> float | None:
+        """The interval the teacher frames were sampled at: recorded (version 2), else read off
+        `frame_times_s` (version 1: the spacing of the frames, or twice the first frame's offset
+        into the segment). None when the one frame sits at the segment's middle: a segment
+        shorter than one step, labelled as a whole."""
+        if self.frame_interval_s is not None:
+            return self.frame_interval_s
+        times = self.frame_times_s
+        if len(times) >= 2:
+            return round(times[1] - times[0], 6)
+        offset = times[0] - self.start_s if times else 0.0
+        if times and abs(offset - self.duration_s / 2) > 1e-3:
+            return round(2 * offset, 6)
+        return None
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
 
@@ -114,11 +137,14 @@ class SampleMetadata:
     def from_json(cls, data: bytes | str, where: str = "sample") -> SampleMetadata:
         try:
             raw = json.loads(data)
-            if raw.get("schema_version") != SCHEMA_VERSION:
+            if raw.get("schema_version") not in READABLE_VERSIONS:
                 raise SampleError(
                     f"{where}: schema_version {raw.get('schema_version')!r}, "
-                    f"this code reads {SCHEMA_VERSION}"
+                    f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}"
                 )
+            if raw["schema_version"] == 1:  # what version 1 left unsaid
+                raw.setdefault("frame_interval_s", None)
+                raw.setdefault("audio_codec", AUDIO_MEMBER)
             heads = {name: HeadInfo(**info) for name, info in raw.pop("heads").items()}
             return cls(heads=heads, **raw)
         except SampleError:

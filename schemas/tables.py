@@ -48,6 +48,20 @@ FAILURES_SCHEMA = pa.schema(
 STAGES = ("read", "probe", "decode_audio", "decode_frames", "teacher", "segment", "write")
 
 
+def index_row(meta, shard: str) -> dict:
+    """The index.parquet row of one sample (`meta`: its schemas.SampleMetadata) in `shard`."""
+    return {
+        "key": meta.key,
+        "shard": shard,
+        "video_id": meta.video_id,
+        "source": meta.source,
+        "segment": meta.segment,
+        "start_s": meta.start_s,
+        "duration_s": meta.duration_s,
+        "num_frames": len(meta.frame_times_s),
+    }
+
+
 class SchemaError(ValueError):
     """A table or record does not match its schema; the message names the file and the problem."""
 

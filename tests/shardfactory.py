@@ -130,6 +130,7 @@ def make_samples(
                 num_samples=length,
                 frame_times_s=times,
                 heads=infos,
+                frame_interval_s=5.0,
             )
             samples.append(Sample(meta.key, audio[start : start + length], probs, meta))
     return samples

@@ -41,6 +41,7 @@ def make_sample(frames=2, classes=5, seconds=1.0) -> Sample:
         num_samples=n,
         frame_times_s=[62.5, 67.5][:frames],
         heads={"objects": HeadInfo("efficientnet_lite0", "ab" * 32, "imagenet1k", classes)},
+        frame_interval_s=5.0,
     )
     audio = (np.sin(np.arange(n) / 10) * 8000).astype(np.int16)
     return Sample(key="clip_1234abcd-0003", audio=audio, probs={"objects": probs}, metadata=meta)
@@ -130,3 +131,27 @@ def test_tables_validate_and_round_trip(tmp_path):
         validate_table(
             pa.table({"uri": [None]}, schema=pa.schema([("uri", pa.string())])), MANIFEST_SCHEMA
         )
+
+
+def test_version_2_records_the_frame_interval_and_version_1_still_reads():
+    import json
+
+    sample = make_sample(frames=2)
+    members = encode_sample(sample)
+    meta = json.loads(members["json"])
+    assert meta["schema_version"] == 2 and meta["frame_interval_s"] == 5.0
+    assert meta["audio_codec"] == "flac"
+    assert decode_sample(members).metadata.frame_interval() == 5.0
+    # a version-1 sample: no interval, no codec; the interval is read off its frame times
+    for key in ("frame_interval_s", "audio_codec"):
+        del meta[key]
+    meta["schema_version"] = 1
+    old = decode_sample({**members, "json": json.dumps(meta).encode()})
+    assert old.metadata.frame_interval_s is None and old.metadata.audio_codec == "flac"
+    assert old.metadata.frame_interval() == 5.0  # 62.5 and 67.5 s
+    one = dict(meta, frame_times_s=[61.25], duration_s=1.0)  # a 2.5 s step's centre
+    assert SampleMetadata.from_json(json.dumps(one)).frame_interval() == 2.5
+    middle = dict(meta, frame_times_s=[60.5], duration_s=1.0)  # shorter than a step
+    assert SampleMetadata.from_json(json.dumps(middle)).frame_interval() is None
+    with pytest.raises(SampleError, match="schema_version 3"):
+        SampleMetadata.from_json(json.dumps(dict(meta, schema_version=3)))
