@@ -16,3 +16,18 @@ class InputError(Exception):
         self.stage = stage
         self.message = message
         self.error_type = error_type or type(self).__name__
+
+    def row(self, source: str) -> dict:
+        """This failure as a row of failures.parquet."""
+        return {
+            "source": source,
+            "stage": self.stage,
+            "error_type": self.error_type,
+            "message": self.message,
+        }
+
+
+def unexpected(uri: str, stage: str, err: Exception) -> InputError:
+    """A bug or an odd library error still becomes a row that says what happened."""
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else "no details"
+    return InputError(stage, f"{uri}: {type(err).__name__}: {detail}", type(err).__name__)

@@ -3,7 +3,7 @@
 `--input` is a directory (searched recursively for media files), a glob, a text file of URIs
 (one a line, `#` comments), or a CSV/Parquet manifest with a `uri` column and an optional `id`.
 Local paths always; gs://, s3://, http(s):// through Beam's FileSystems when their extras are
-installed. The order is deterministic, so that a rerun assigns every video to the same shard.
+installed. The order is deterministic, so that a rerun plans every video into the same shard task.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import InputError
-from schemas import MANIFEST_SCHEMA, make_video_id, validate_table
+from schemas import MANIFEST_SCHEMA, validate_table
 
 MEDIA_EXTENSIONS = frozenset(
     [
@@ -49,16 +48,6 @@ MEDIA_EXTENSIONS = frozenset(
 )
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    """One input video and where its samples go."""
-
-    uri: str
-    video_id: str
-    order: int  # position in the run's input list; orders samples within a shard
-    shard_id: int
 
 
 class InputListError(ValueError):
@@ -144,26 +133,6 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
             f"--input {spec!r}: not a directory, glob, .txt list, CSV/Parquet manifest or media file"
         )
     return entries
-
-
-def plan_tasks(entries: list[tuple[str, str | None]], videos_per_shard: int) -> list[VideoTask]:
-    """Assign ids and shards. Duplicate URIs are kept once; duplicate ids are an error."""
-    if videos_per_shard < 1:
-        raise ValueError("videos_per_shard must be >= 1")
-    seen_uris: set[str] = set()
-    tasks: list[VideoTask] = []
-    owners: dict[str, str] = {}
-    for uri, explicit_id in entries:
-        if uri in seen_uris:
-            continue
-        seen_uris.add(uri)
-        video_id = make_video_id(uri, explicit_id)
-        if video_id in owners:
-            raise InputListError(f"id {video_id!r} is given to both {owners[video_id]} and {uri}")
-        owners[video_id] = uri
-        order = len(tasks)
-        tasks.append(VideoTask(uri, video_id, order, order // videos_per_shard))
-    return tasks
 
 
 @contextlib.contextmanager

@@ -81,7 +81,15 @@ class SoundNetOptions(PipelineOptions):
             dest="videos_per_shard",
             type=int,
             default=100,
-            help="videos whose segments go into one shard (the unit of resumption)",
+            help="most videos in one shard task: one worker call writes a task's shards",
+        )
+        add(
+            "--shard-audio-minutes",
+            dest="shard_audio_minutes",
+            type=float,
+            default=120.0,
+            help="a shard is closed once it holds this much audio (about 200 MB of FLAC); "
+            "a task of long videos rolls over to a new shard",
         )
         add(
             "--decode-timeout",

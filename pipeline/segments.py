@@ -4,13 +4,16 @@ A video's audio is cut into consecutive segments of `segment_seconds`; a trailin
 than `min_segment_seconds` is dropped. Teachers see one frame at the centre of each whole
 `frame_interval` step of a segment; a segment shorter than one step keeps one frame at its middle.
 A partial trailing step gets no frame of its own (the trainer uses whole steps only).
+`segment_samples` turns a video's segments and teacher rows into its shard samples.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas import SAMPLE_RATE
+import numpy as np
+
+from schemas import SAMPLE_RATE, HeadInfo, Sample, SampleMetadata, sample_key
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,35 @@ def plan_segments(total_samples: int, plan: SegmentPlan = SegmentPlan()) -> list
 def frame_times(segments: list[Segment]) -> list[float]:
     """All teacher frame times of a video, in segment order (what the decoder samples)."""
     return [t for seg in segments for t in seg.frame_times_s]
+
+
+def segment_samples(
+    video_id: str,
+    source: str,
+    audio: np.ndarray,
+    segments: list[Segment],
+    rows: dict[str, np.ndarray],
+    heads: dict[str, HeadInfo],
+    frame_interval: float,
+) -> list[Sample]:
+    """One video's samples: each segment's audio with its teacher rows (`rows[head]` holds the
+    rows of `segments`' frames, in order)."""
+    samples, first = [], 0
+    for seg in segments:
+        n = len(seg.frame_times_s)
+        meta = SampleMetadata(
+            video_id=video_id,
+            source=source,
+            segment=seg.index,
+            start_s=seg.start_s,
+            duration_s=seg.duration_s,
+            num_samples=seg.num_samples,
+            frame_times_s=list(seg.frame_times_s),
+            heads=heads,
+            frame_interval_s=frame_interval,
+        )
+        probs = {h: r[first : first + n] for h, r in rows.items()}
+        audio_of = audio[seg.start_sample : seg.stop_sample]
+        samples.append(Sample(sample_key(video_id, seg.index), audio_of, probs, meta))
+        first += n
+    return samples

@@ -44,6 +44,27 @@ FAILURES_SCHEMA = pa.schema(
     ]
 )
 
+# A pipeline run's plan (OUT/_plan/): every input video and the shard task it belongs to. One
+# row group per task, so that a worker reads its own videos and nothing else.
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # the video's place in its task
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+    ]
+)
+
+# The plan's shard tasks, one row each: what the pipeline's workers are handed.
+TASKS_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.int32(), nullable=False),
+        pa.field("plan_file", pa.string(), nullable=False),  # a file of PLAN_SCHEMA rows
+        pa.field("row_group", pa.int32(), nullable=False),  # the task's row group in it
+        pa.field("videos", pa.int32(), nullable=False),
+    ]
+)
+
 # The stages an input can fail in, in pipeline order (the `stage` column of failures.parquet).
 STAGES = ("read", "probe", "decode_audio", "decode_frames", "teacher", "segment", "write")
 

@@ -1,9 +1,9 @@
 """In-process decoding through PyAV (FFmpeg's own libraries): probe, audio and sparse frames
 of one file without starting a process.
 
-This is media.py's fast path: starting ffprobe and ffmpeg costs about 50 ms of CPU each, more
+This is the decoders' fast path: starting ffprobe and ffmpeg costs about 50 ms of CPU each, more
 than decoding a short clip. Every function raises `Unfit` when a file is not plainly readable
-(decoding errors, missing or disordered timestamps, no frames), and media.py then redoes the
+(decoding errors, missing or disordered timestamps, no frames), and the caller then redoes the
 step with the ffprobe/ffmpeg command-line tools, whose behaviour on broken files, timeouts and
 error messages the pipeline is built around. Decoding that runs past its time limit raises
 `TimedOut` (checked between packets and frames: a call that hangs inside libav is not caught).
@@ -89,7 +89,7 @@ def _rate(rate: Fraction | None) -> str:
 
 def probe(path: str) -> dict:
     """What `ffprobe -show_format -show_streams -of json` says about the file, in its layout
-    (the fields media.probe reads), so one piece of code turns either into a MediaInfo."""
+    (the fields probe.py reads), so one piece of code turns either into a MediaInfo."""
     with _open(path) as container:
         streams = [_stream_fields(container, stream) for stream in container.streams]
         fmt = {
@@ -175,16 +175,16 @@ def frames_at(
     out_size: tuple[int, int],
     threads: int,
     timeout_s: float = math.inf,
-) -> np.ndarray:
-    """uint8 [N, H, W, 3]: for each absolute time in `targets` (sorted) the frame displayed
-    then (the last one starting at or before it; the first frame before the video starts, the
-    last one after it ends), as displayed (rotation applied), bicubic-scaled to `out_size`
-    (width, height).
+) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3], one by one: for each absolute time in `targets` (sorted) the frame
+    displayed then (the last one starting at or before it; the first frame before the video
+    starts, the last one after it ends), as displayed (rotation applied), bicubic-scaled to
+    `out_size` (width, height). Only the frame being decoded is held, however long the video.
 
     It seeks to the keyframe before a time only when one lies between the current position and
     that time (the container's index says), and otherwise decodes on, so no frame is decoded
     twice and frames between wanted GOPs are never decoded. For containers where seeking is
-    exact (not MPEG-PS/TS or raw streams: media.py sends those to the ffmpeg tool).
+    exact (not MPEG-PS/TS or raw streams: frames.py sends those to the ffmpeg tool).
     """
     with _open(path) as container:
         stream = container.streams[stream_index] if stream_index >= 0 else None
@@ -193,12 +193,10 @@ def frames_at(
         if threads != 1:
             stream.thread_type = "AUTO"
         cursor = _Cursor(container, stream, _deadline(timeout_s), timeout_s)
-        pictures = []
         for target in targets.tolist():
             if cursor.should_seek(target):
                 cursor.seek(target)
-            pictures.append(_picture(cursor.shown_at(target), out_size))
-    return np.stack(pictures)
+            yield _picture(cursor.shown_at(target), out_size)
 
 
 class _Cursor:

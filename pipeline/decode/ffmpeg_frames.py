@@ -1,0 +1,211 @@
+"""Teacher frames through the ffmpeg tool, where PyAV cannot be trusted: ffmpeg decodes
+sequentially and keeps only the frames displayed at the wanted times (its `select` filter),
+logging each kept frame's time (`showinfo`), which is how we know which frame is which.
+
+Times go in groups, one ffmpeg call each, seeking to each group's stretch of the file, and each
+group's frames are handed on before the next is decoded, so a long video's frames are never
+all held at once. Where seeking is inexact (MPEG-PS/TS, raw streams) a group seeks to well
+before its first time, so that decoding has passed a keyframe when the wanted frames come.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+from pipeline.decode.probe import MediaInfo, number
+from pipeline.decode.tools import FFMPEG, FFPROBE, ffmpeg_reason, run, stream_map
+from pipeline.errors import InputError
+
+# At most this many times per ffmpeg call, so the select expression stays short and each call
+# reads only the stretch of the file it needs.
+TIMES_PER_CALL = 32
+# Containers without a keyframe index, where seeking lands on the wrong frames (measured:
+# decord off by up to 12 frames and PyAV's first pictures unlike ffmpeg's in MPEG-PS; ffmpeg's
+# -ss in MPEG-TS lands between keyframes and decodes broken pictures until the next keyframe).
+INEXACT_SEEK_FORMATS = frozenset({"mpeg", "mpegts", "mpegvideo", "m2ts", "h264", "hevc"})
+# How far before a group's first time an inexact seek lands (longer than any usual GOP).
+INEXACT_SEEK_MARGIN_S = 10.0
+
+
+def seeks_exactly(info: MediaInfo) -> bool:
+    return not set(info.format_name.split(",")) & INEXACT_SEEK_FORMATS
+
+
+def _select_expression(targets: np.ndarray, window: float, tail_from: float | None) -> str:
+    """ffmpeg `select` keeping, per target time A: the frames in [A - window, A] (the one shown
+    at A is the last of them) and the first frame at or after A (the one shown at A when none
+    starts in the window, e.g. before the first frame). `tail_from` also keeps the frames from
+    then on, so a time past the end can clamp to the very last frame."""
+    terms = []
+    for target in targets:
+        terms.append(f"between(t,{target - window:.6f},{target:.6f})")
+        terms.append(f"gte(t,{target:.6f})*not(gte(prev_t,{target:.6f}))")  # prev_t NaN: 1st
+    if tail_from is not None:
+        terms.append(f"gte(t,{tail_from:.6f})")
+    return "+".join(terms)
+
+
+_SHOWINFO = re.compile(rb"Parsed_showinfo.*?\bn:\s*\d+\s+pts:\s*\S+\s+pts_time:(\S+)")
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What one ffmpeg call kept: frames [N, H, W, 3] and their absolute times."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    tail_from: float | None
+    log: bytes  # ffmpeg's stderr, to say why when a frame is missing
+
+    def pick(self, target: float, window: float) -> np.ndarray | None:
+        """The frame displayed at `target`; None when this selection cannot tell."""
+        times = self.times
+        shown = np.flatnonzero((times <= target + 1e-6) & (times >= target - window - 1e-6))
+        if shown.size:
+            return self.frames[shown[np.argmax(times[shown])]]
+        later = np.flatnonzero(times > target)
+        if later.size:  # nothing starts in the window: before the first frame, or a long gap
+            return self.frames[later[np.argmin(times[later])]]
+        # Past the end: the last frame overall, if the tail was kept and reached.
+        if self.tail_from is not None and times.size and np.nanmax(times) >= self.tail_from:
+            return self.frames[int(np.nanargmax(times))]
+        return None
+
+
+def _ffmpeg_select(
+    path: str,
+    info: MediaInfo,
+    targets: np.ndarray,
+    window: float,
+    tail_from: float | None,
+    to_end: bool,
+    out_size: tuple[int, int],
+    threads: int,
+    timeout_s: float,
+) -> _Selection:
+    """One ffmpeg call: the frames `_select_expression` keeps, scaled, with their times.
+
+    -copyts keeps the file's own timestamps, so `t` in the filter compares with `targets`
+    (absolute times); -ss seeks to a second before the first frame wanted, and -t stops a
+    second after the last one unless `to_end`.
+    """
+    width, height = out_size
+    first = min(float(targets[0]), tail_from if tail_from is not None else math.inf)
+    seek = first - window - 1.0 - info.start_time_s  # input -ss counts from the start time
+    if not seeks_exactly(info):
+        seek -= INEXACT_SEEK_MARGIN_S
+    input_args: dict[str, object] = {"threads": threads}
+    if seek > 0:
+        input_args["ss"] = f"{seek:.6f}"
+    else:
+        seek = 0.0
+    if not to_end:
+        input_args["t"] = f"{float(targets[-1]) - info.start_time_s - seek + 1.0:.6f}"
+    chain = ",".join(
+        [
+            f"select='{_select_expression(targets, window, tail_from)}'",
+            f"scale={width}:{height}:flags=bicubic",  # ffmpeg inserts autorotate before this
+            "showinfo",  # logs each kept frame's time: how we know which frame is which
+        ]
+    )
+    args = (
+        ffmpeg.input(path, **input_args)
+        .output(
+            "pipe:",
+            map=stream_map(info.video_stream_index, "v"),
+            an=None,
+            sn=None,
+            dn=None,
+            vf=chain,
+            fps_mode="passthrough",
+            f="rawvideo",
+            pix_fmt="rgb24",
+        )
+        .compile(
+            cmd=[FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "level+info", "-copyts"]
+        )
+    )
+    out, err = run(args, "decode_frames", path, "ffmpeg", timeout_s)
+    frame_bytes = width * height * 3
+    frames = np.frombuffer(out, np.uint8)[: len(out) // frame_bytes * frame_bytes]
+    frames = frames.reshape(-1, height, width, 3)
+    times = np.array([number(m.decode()) for m in _SHOWINFO.findall(err)], np.float64)
+    if len(times) != len(frames):
+        raise InputError(
+            "decode_frames", f"{path}: ffmpeg returned {len(frames)} frames but logged {len(times)}"
+        )
+    return _Selection(frames, times, tail_from, err)
+
+
+def _last_frame_time(path: str, info: MediaInfo, timeout_s: float) -> float | None:
+    """The video stream's last presentation time, from its packets (demuxing, no decoding)."""
+    stream = str(info.video_stream_index) if info.video_stream_index >= 0 else "v:0"
+    args = [FFPROBE, "-v", "level+error", "-select_streams", stream]
+    args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", "-i", path]
+    out, _ = run(args, "decode_frames", path, "ffprobe", timeout_s)
+    times = [number(line.strip(" ,")) for line in out.decode("utf-8", "replace").splitlines()]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def ffmpeg_frames(
+    path: str,
+    info: MediaInfo,
+    targets: np.ndarray,
+    out_size: tuple[int, int],
+    threads: int,
+    timeout_s: float,
+) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] scaled to `out_size`, one per absolute time in `targets` (sorted): the
+    frame displayed then; times past the last frame get the last frame."""
+    frame_period = 1.0 / info.fps if info.fps else 0.1
+    window = min(max(1.5 * frame_period, 0.02), 0.5)
+    video_start = info.start_time_s if info.video_start_time_s is None else info.video_start_time_s
+    length = info.video_duration_s or (info.duration_s + info.start_time_s - video_start)
+    end = video_start + length if length > 0 else None  # estimated end of the last frame
+
+    def select(group: np.ndarray, tail_from: float | None, to_end: bool) -> _Selection:
+        return _ffmpeg_select(
+            path, info, group, window, tail_from, to_end, out_size, threads, timeout_s
+        )
+
+    # Frames go out in time order; once one is missing (past the end of a video whose
+    # duration was misreported), the rest wait for the real end to be found.
+    waiting: list[tuple[float, np.ndarray | None]] = []
+    groups = [targets[i : i + TIMES_PER_CALL] for i in range(0, len(targets), TIMES_PER_CALL)]
+    for number_, group in enumerate(groups):
+        # Near the estimated end, also keep the last second: times past it clamp to its end.
+        near_end = end is not None and group[-1] > end - 1.0
+        last = number_ == len(groups) - 1
+        selection = select(group, end - 1.0 if near_end else None, to_end=last or near_end)
+        for target in group.tolist():
+            frame = selection.pick(target, window)
+            if frame is not None and not waiting:
+                yield frame
+            else:
+                waiting.append((target, frame))
+    missing = np.array([t for t, frame in waiting if frame is None])
+    if not missing.size:
+        yield from (frame for _, frame in waiting)
+        return
+    last_time = _last_frame_time(path, info, timeout_s)
+    selection = None
+    if last_time is not None:  # keep from just before it: t and pts_time round differently
+        selection = select(missing, last_time - 1e-3, to_end=True)
+    for target, frame in waiting:
+        if frame is None:
+            frame = selection.pick(target, window) if selection else None
+        if frame is None:
+            why = ffmpeg_reason(selection.log, path) if selection else "no frames at all"
+            raise InputError(
+                "decode_frames",
+                f"{path}: ffmpeg decoded no video frame near "
+                f"{target - info.start_time_s:.2f} s ({info.video_codec}: {why})",
+            )
+        yield frame

@@ -1,0 +1,75 @@
+"""The ffmpeg and ffprobe command-line tools: running them, and what their logs say went wrong.
+
+They take over wherever PyAV cannot be trusted (pipeline/decode/libav.py), and their messages
+word the failures rows: `run` turns any failure of an input into an `InputError` whose message
+names the file and quotes the telling line of the tool's log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from pipeline.errors import InputError
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+_MAX_MESSAGE_CHARS = 300
+_LOG_LINE = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)?\[(\w+)\]\s*(.*)$")
+_LEVELS = ("fatal", "error", "warning")
+
+
+def check_file(path: str, stage: str) -> None:
+    """InputError unless `path` is there, not a directory, and not empty."""
+    if not os.path.exists(path):
+        raise InputError(stage, f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(stage, f"{path}: is a directory, not a media file")
+    if os.path.getsize(path) == 0:
+        raise InputError(stage, f"{path}: file is empty (0 bytes)")
+
+
+def ffmpeg_reason(stderr: bytes, path: str) -> str:
+    """The telling line of an ffmpeg/ffprobe log written with `-v level+...`: the last fatal
+    message, else the last error, else the last warning; without the path and log prefixes."""
+    found: dict[str | None, str] = {}
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        match = _LOG_LINE.match(line.strip())
+        level, text = (match.group(1), match.group(2)) if match else (None, line.strip())
+        if text and text != "Conversion failed!" and not text.startswith("Svt["):
+            found[level] = text
+    reason = next((found[lv] for lv in (*_LEVELS, None) if lv in found), "no error message")
+    if reason.startswith(path + ":"):
+        reason = reason[len(path) + 1 :].strip()
+    return reason[:_MAX_MESSAGE_CHARS]
+
+
+def run(args: list[str], stage: str, path: str, what: str, timeout_s: float) -> tuple[bytes, bytes]:
+    """Run one ffmpeg/ffprobe command; any failure of the input becomes an InputError."""
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as err:  # run() has killed the child already
+        raise InputError(stage, f"{path}: {what} timed out after {timeout_s:g} s") from err
+    except FileNotFoundError as err:  # the tool itself is missing: not this input's fault
+        raise RuntimeError(f"{args[0]} is not installed or not on PATH") from err
+    if proc.returncode != 0:
+        raise InputError(
+            stage, f"{path}: {what} could not read it: {ffmpeg_reason(proc.stderr, path)}"
+        )
+    return proc.stdout, proc.stderr
+
+
+def ffmpeg_version() -> str:
+    """The ffmpeg tool's version ("5.1.6-0+deb12u1"), or why there is none."""
+    try:
+        out = subprocess.run([FFMPEG, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unavailable ({type(err).__name__})"
+    first = out.stdout.split("\n", 1)[0].split()
+    return first[2] if len(first) > 2 else "unknown"
+
+
+def stream_map(index: int, kind: str) -> str:
+    """ffmpeg's -map for stream `index` of the input, or its first stream of `kind`."""
+    return f"0:{index}" if index >= 0 else f"0:{kind}:0"

@@ -1,0 +1,149 @@
+"""What a run has finished, on disk, shard by shard: what makes it resumable and gives the
+final tables.
+
+    OUT/_progress/index/shard-TTTTTT-PPPP.parquet      the shard's index rows (INDEX_SCHEMA)
+    OUT/_progress/failures/shard-TTTTTT-PPPP.parquet   the failure rows recorded with it
+    OUT/_progress/done/shard-TTTTTT-PPPP.json          written last: the shard is finished,
+                                                       and where its task goes on from
+    OUT/_progress/done/task-TTTTTT.json                the task is finished
+
+`index/` and `failures/` are Parquet dataset directories (one file per shard); `merge` streams
+them, one file at a time, into OUT/index.parquet and OUT/failures.parquet when a run ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import files
+from schemas import FAILURES_FILE, FAILURES_SCHEMA, INDEX_FILE, INDEX_SCHEMA, table_from_rows
+
+PROGRESS_DIR = "_progress"
+MERGED_ROWS_PER_GROUP = 100_000
+
+
+def shard_stem(task: int, part: int) -> str:
+    return f"shard-{task:06d}-{part:04d}"
+
+
+def _path(output: str, kind: str, name: str) -> str:
+    return files.join(output, PROGRESS_DIR, kind, name)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a task's writing stands: the video (its position in the task) and segment next."""
+
+    video: int = 0
+    segment: int = 0
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """The marker of one finished shard."""
+
+    task: int
+    part: int
+    samples: int
+    failures: int
+    audio_s: float
+    next: Position = field(default_factory=Position)  # where the task's next shard starts
+
+
+def record_shard(output: str, done: ShardDone, rows: list[dict], failures: list[dict]) -> None:
+    """The shard's rows, then its marker (its tar is already in place)."""
+    stem = shard_stem(done.task, done.part)
+    files.write_atomic(
+        _path(output, "index", f"{stem}.parquet"),
+        files.table_bytes(table_from_rows(rows, INDEX_SCHEMA)),
+    )
+    files.write_atomic(
+        _path(output, "failures", f"{stem}.parquet"),
+        files.table_bytes(table_from_rows(failures, FAILURES_SCHEMA)),
+    )
+    files.write_atomic(_path(output, "done", f"{stem}.json"), json.dumps(asdict(done)).encode())
+
+
+def record_task(output: str, task: int) -> None:
+    files.write_atomic(_path(output, "done", f"task-{task:06d}.json"), b"{}")
+
+
+def last_shard(output: str, task: int) -> ShardDone | None:
+    """The task's last finished shard (a rerun goes on after it), or None."""
+    markers = files.listing(_path(output, "done", f"shard-{task:06d}-*.json"))
+    if not markers:
+        return None
+    raw = json.loads(files.read_bytes(markers[-1]))
+    return ShardDone(**{**raw, "next": Position(**raw["next"])})
+
+
+def finished_tasks(output: str) -> set[int]:
+    """One listing: the tasks whose every shard is finished."""
+    markers = files.listing(_path(output, "done", "task-*.json"))
+    return {int(m.rsplit("task-", 1)[1].removesuffix(".json")) for m in markers}
+
+
+@dataclass
+class Totals:
+    """What the merged tables hold, counted while they are written."""
+
+    samples: int = 0
+    shards: int = 0
+    videos_written: int = 0
+    audio_s: float = 0.0
+    failures_by_stage: Counter = field(default_factory=Counter)
+
+    @property
+    def videos_failed(self) -> int:
+        return sum(self.failures_by_stage.values())
+
+
+def merge(output: str) -> Totals:
+    """index/ and failures/ -> OUT/index.parquet and OUT/failures.parquet, in shard order
+    (within a shard, the tar's order), one file at a time: bounded memory at any size."""
+    totals = Totals()
+    last_video = None
+
+    def count_index(table: pa.Table) -> None:
+        nonlocal last_video
+        totals.samples += table.num_rows
+        totals.shards += table.num_rows > 0
+        totals.audio_s += sum(table.column("duration_s").to_pylist())
+        for video in table.column("video_id").to_pylist():  # a video's rows are consecutive
+            totals.videos_written += video != last_video
+            last_video = video
+
+    def count_failures(table: pa.Table) -> None:
+        totals.failures_by_stage.update(table.column("stage").to_pylist())
+
+    _concatenate(output, "index", INDEX_FILE, INDEX_SCHEMA, count_index)
+    _concatenate(output, "failures", FAILURES_FILE, FAILURES_SCHEMA, count_failures)
+    return totals
+
+
+def _concatenate(output: str, kind: str, name: str, schema: pa.Schema, count) -> None:
+    # written as it goes under a temporary name, then renamed: never seen partial
+    with (
+        files.growing_file(files.join(output, name)) as stream,
+        pq.ParquetWriter(stream, schema) as writer,
+    ):
+        pending: list[pa.Table] = []
+        rows = 0
+        for path in files.listing(_path(output, kind, "shard-*.parquet")):
+            table = files.read_parquet(path, schema)
+            count(table)
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= MERGED_ROWS_PER_GROUP:
+                writer.write_table(pa.concat_tables(pending))
+                pending, rows = [], 0
+        writer.write_table(pa.concat_tables([schema.empty_table(), *pending]))
+
+
+def task_finished(output: str, task: int) -> bool:
+    return files.exists(_path(output, "done", f"task-{task:06d}.json"))

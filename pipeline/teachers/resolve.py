@@ -1,0 +1,102 @@
+"""A teacher resolved once, on the driver (`resolve_teacher`: its weights file, digest and class
+names, checked before any video is touched), and built from that on each worker
+(`build_teacher`: no second lookup, no second digest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.teachers.errors import TeacherError
+from pipeline.teachers.labels import class_names
+from pipeline.teachers.preprocess import torch_device
+from pipeline.teachers.registry import get_arch
+from pipeline.teachers.weights import (
+    clean_state_dict,
+    default_weights,
+    exists,
+    file_sha256,
+    load_state_dict,
+    what_to_get,
+)
+from schemas.sample import HeadInfo, SampleError, check_head_name
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """Everything about one head's teacher but the network itself."""
+
+    head: str  # the shard head name: "objects", "scenes", ...
+    name: str  # registry name
+    label_set: str
+    labels: tuple[str, ...]  # class names in output order
+    weights_sha256: str
+    weights_path: str
+
+    def head_info(self) -> HeadInfo:
+        """The per-head entry of a sample's JSON metadata."""
+        return HeadInfo(
+            teacher=self.name,
+            weights_sha256=self.weights_sha256,
+            label_set=self.label_set,
+            num_classes=len(self.labels),
+        )
+
+
+def resolve_teacher(
+    head: str, name: str, weights: str | None = None, labels: str | None = None
+) -> TeacherInfo:
+    """A teacher's weights file, digest and class names, without building the model."""
+    try:
+        check_head_name(head)
+    except SampleError as e:
+        raise TeacherError(str(e)) from None
+    arch = get_arch(name)
+    path = weights or default_weights(arch)
+    if path is None:
+        raise TeacherError(f"teacher {name!r} needs a weights file: {what_to_get(arch, head)}")
+    if not exists(path):
+        why = "does not exist" if weights else "is not there"
+        raise TeacherError(f"weights file {path} {why}: {what_to_get(arch, head)}")
+    names = class_names(arch, head, path, labels)
+    return TeacherInfo(head, name, arch.label_set, tuple(names), file_sha256(path), path)
+
+
+def build_teacher(info: TeacherInfo, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The resolved teacher's network with its weights, in eval mode, on `device`:
+    normalised float [N,3,224,224] -> logits [N,C]."""
+    arch = get_arch(info.name)
+    device = torch_device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TeacherError(f"device {device} was asked for, but no CUDA device is usable here")
+    state_dict = clean_state_dict(load_state_dict(info.weights_path, arch, info.head))
+    model = arch.build()
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        # torch lists every mismatched key; the start is enough to see the cause
+        detail = str(e) if len(str(e)) <= 800 else str(e)[:800] + " ..."
+        raise TeacherError(
+            f"{info.weights_path} does not hold {arch.arch} weights with {arch.num_classes} "
+            f"classes, as teacher {info.name!r} needs ({what_to_get(arch, info.head)}):\n{detail}"
+        ) from None
+    model.requires_grad_(False)
+    return model.eval().to(device)
+
+
+@dataclass(frozen=True)
+class Teacher(TeacherInfo):
+    model: torch.nn.Module  # eval mode; normalised float [N,3,224,224] -> logits [N,C]
+
+
+def load_teacher(
+    head: str,
+    name: str,
+    weights: str | None = None,
+    labels: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Teacher:
+    """Resolve and build in one go (for using a teacher outside the pipeline)."""
+    info = resolve_teacher(head, name, weights, labels)
+    return Teacher(**vars(info), model=build_teacher(info, device))
