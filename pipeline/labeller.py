@@ -22,7 +22,7 @@ V = TypeVar("V")
 Teachers = Callable[[list[np.ndarray]], dict[str, np.ndarray]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one entry per video pushed
 class Labelled(Generic[V]):
     """A video and its teacher rows ({head: [num_frames, C]}), or why it failed."""
 

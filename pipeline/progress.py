@@ -21,14 +21,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import files
-from schemas import FAILURES_FILE, FAILURES_SCHEMA, INDEX_FILE, INDEX_SCHEMA, table_from_rows
+from schemas import (
+    FAILURES_FILE,
+    FAILURES_SCHEMA,
+    INDEX_FILE,
+    INDEX_SCHEMA,
+    shard_name,
+    table_from_rows,
+)
 
 PROGRESS_DIR = "_progress"
 MERGED_ROWS_PER_GROUP = 100_000
 
 
 def shard_stem(task: int, part: int) -> str:
-    return f"shard-{task:06d}-{part:04d}"
+    return shard_name(task, part).removesuffix(".tar")
 
 
 def _path(output: str, kind: str, name: str) -> str:

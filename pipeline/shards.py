@@ -18,13 +18,9 @@ import webdataset as wds
 
 from pipeline import files, progress
 from pipeline.progress import Position, ShardDone
-from schemas import SHARDS_DIR, Sample, encode_sample, index_row
+from schemas import SHARDS_DIR, Sample, encode_sample, index_row, shard_name
 
 log = logging.getLogger("pipeline")
-
-
-def shard_file(task: int, part: int) -> str:
-    return f"{progress.shard_stem(task, part)}.tar"
 
 
 class _OpenShard:
@@ -32,7 +28,7 @@ class _OpenShard:
 
     def __init__(self, output: str, task: int, part: int):
         self.output, self.task, self.part = output, task, part
-        self.name = shard_file(task, part)
+        self.name = shard_name(task, part)
         self.path = files.join(output, SHARDS_DIR, self.name)
         self.rows: list[dict] = []
         self.failures: list[dict] = []

@@ -11,8 +11,9 @@ FAILURES_FILE = "failures.parquet"
 RUN_FILE = "run.json"
 
 
-def shard_name(shard_id: int) -> str:
-    return f"shard-{shard_id:06d}.tar"
+def shard_name(task: int, part: int = 0) -> str:
+    """Shard file `part` (from 0) of shard task `task`: a task's shards roll over by audio."""
+    return f"shard-{task:06d}-{part:04d}.tar"
 
 
 def labels_path(output: str | Path, head: str) -> Path:

@@ -91,9 +91,8 @@ import os
 
 
 def dask_setup(worker):
-    from apache_beam.ml.inference import base
-
-    from pipeline import dask_runner, media, teachers
+    from pipeline import decode, task, transforms
+    from pipeline.teachers import handler
 
     log = os.environ["SOUNDNET_WORKER_EVENTS"]
 
@@ -101,8 +100,8 @@ def dask_setup(worker):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\\t{event}\\t{detail}\\n")
 
-    def spy(module, name, describe):
-        real = getattr(module, name, None)
+    def spy(owner, name, describe):
+        real = getattr(owner, name, None)
         if real is None:  # renamed: the assertions on its events say so
             note("missing", name)
             return
@@ -112,17 +111,13 @@ def dask_setup(worker):
             note(name, describe(*args, **kwargs))
             return real(*args, **kwargs)
 
-        setattr(module, name, wrapper)
+        setattr(owner, name, wrapper)
 
-    def head(fn):  # the teacher head of a RunInference DoFn (KeyedModelHandler inside)
-        handler = getattr(fn._model_handler, "_unkeyed", fn._model_handler)
-        return getattr(handler, "head", "?")
-
-    spy(teachers, "load_teacher", lambda head, *a, **k: head)
-    spy(teachers, "teacher_probabilities", lambda batch, *a, **k: len(batch))
-    spy(media, "probe", lambda path, *a, **k: path)
-    spy(dask_runner, "_run_bundle", lambda items, run_id, key, *a: key)
-    spy(base._RunInferenceDoFn, "setup", head)
+    spy(handler, "build_teacher", lambda info, *a, **k: info.head)
+    spy(handler.TeacherModelHandler, "probabilities", lambda self, frames, model: len(frames))
+    spy(decode, "probe", lambda path, *a, **k: path)
+    spy(transforms._WriteTaskFn, "setup", lambda self: "setup")
+    spy(task.TaskWriter, "write", lambda self, shard_task: shard_task.task)
 """
 
 
@@ -219,19 +214,20 @@ def assert_equals_direct(out: Path, inputs: Path, direct: dict, videos_per_shard
         assert replace(got[key].metadata, heads=sample.metadata.heads) == sample.metadata
     index = read_table(out / "index.parquet", INDEX_SCHEMA).to_pylist()
     assert [r["key"] for r in index] == list(got)  # duplicate-free, in shard order
-    for row in index:
-        assert row.pop("shard") == shard_name(order[row["source"]] // videos_per_shard)
+    for row in index:  # one shard per task: short clips, far from the audio target
+        assert row.pop("shard") == shard_name(order[row["source"]] // videos_per_shard, 0)
     want_index = {r["key"]: {k: v for k, v in r.items() if k != "shard"} for r in direct["index"]}
     assert index == [want_index[r["key"]] for r in index]
     failures = read_table(out / "failures.parquet", FAILURES_SCHEMA).to_pylist()
-    assert failures == [r for r in direct["failures"] if r["source"] in order]
+    want_failures = [r for r in direct["failures"] if r["source"] in order]
+    assert failures == sorted(want_failures, key=lambda r: order[r["source"]])  # input order
     record = json.loads((out / "run.json").read_text())
     assert record["counts"]["videos"] == len(sources)
     assert record["counts"]["videos_failed"] == len(failures)
     assert record["counts"]["samples"] == len(got)
     # nothing half-written or left over is visible
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
-    assert not (out / "_parts").exists()
+    assert not list(out.glob("_plan/pending-*"))
 
 
 def run_pipeline(inputs: Path, out: Path, *options: str, timeout: float = 600) -> str:
@@ -350,45 +346,44 @@ def test_dask_runner_output_equals_the_direct_runners(dask_run, direct):
 
 
 def test_dask_workers_build_each_teacher_once_not_per_element(dask_run):
-    """Per worker process, each teacher's RunInference DoFn is set up once and its model built
-    once, for all of its bundles, batches and frames. (Beam's own Dask translation sets a DoFn up for every bundle; the model then
-    survives only while Beam's Shared cache or a leftover reference holds it.)"""
+    """Per worker process, each teacher's model is built once, for all of its tasks and
+    batches, although Beam's Dask translation sets the writing DoFn up for every bundle
+    (the models outlive it in Beam's Shared cache)."""
     events = dask_run["events"]
     assert not [d for _, e, d in events if e == "missing"], "the spy lost track of a function"
-    loads = Counter((pid, head) for pid, event, head in events if event == "load_teacher")
-    setups = Counter((pid, head) for pid, event, head in events if event == "setup")
-    bundles = Counter(
-        (pid, key.split("]")[0].removeprefix("Label["))
-        for pid, event, key in events
-        if event == "_run_bundle" and "BeamML_RunInference" in key
-    )
+    builds = Counter((pid, head) for pid, event, head in events if event == "build_teacher")
+    setups = Counter(pid for pid, event, _ in events if event == "setup")
+    tasks = Counter(pid for pid, event, _ in events if event == "write")
     batches, frames = Counter(), Counter()
     for pid, event, detail in events:
-        if event == "teacher_probabilities":
+        if event == "probabilities":
             batches[pid] += 1
             frames[pid] += int(detail)
     summary = {
         pid: {
-            "teacher builds": {h: loads[pid, h] for h in ("objects", "scenes")},
-            "RunInference setups": {h: setups[pid, h] for h in ("objects", "scenes")},
-            "inference bundles": {h: bundles[pid, h] for h in ("objects", "scenes")},
+            "teacher builds": {h: builds[pid, h] for h in ("objects", "scenes")},
+            "DoFn setups": setups[pid],
+            "tasks": tasks[pid],
             "batches": batches[pid],
             "frames": frames[pid],
         }
         for pid in dask_run["pids"].values()
     }
     print("per worker process:", json.dumps(summary))
-    assert set(loads) == set(setups) == set(bundles)  # who ran a teacher's bundles built it
-    assert all(n == 1 for n in loads.values()), summary  # ... once
-    assert all(n == 1 for n in setups.values()), summary  # and set its DoFn up once
-    assert max(bundles.values()) >= 3, summary  # and reused it across bundles
+    workers = set(tasks)
+    assert workers == set(dask_run["pids"].values()), summary  # both did tasks
+    assert {pid for pid, _ in builds} == workers  # who wrote tasks built the teachers
+    assert all(n == 1 for n in builds.values()), summary  # ... once each
+    assert len(builds) == 2 * len(workers)  # both heads
+    assert max(tasks.values()) >= 2, summary  # and reused them across tasks
+    assert sum(tasks.values()) == -(-len(CLIPS + BAD) // 4)  # every task written once
 
 
 def test_a_killed_dask_worker_reruns_and_the_output_equals_an_uninterrupted_run(
     dask_cluster, shared_videos, pipeline_output, direct, tmp_path
 ):
     """SIGKILL a worker process while it decodes (its running task and in-memory results are
-    lost) and, when the run is still going, another one once the first video part is written;
+    lost) and, when the run is still going, another one once the first shard is written;
     the nannies restart them and the scheduler reruns what was lost. Every shard that is
     visible while the run goes on is whole."""
     inputs = listing(tmp_path, KILL_CLIPS, shared_videos, pipeline_output)
@@ -411,12 +406,12 @@ def test_a_killed_dask_worker_reruns_and_the_output_equals_an_uninterrupted_run(
                     first_victim, in_flight = decoding[-1]
                     os.kill(first_victim, signal.SIGKILL)
                     killed.append("while decoding")
-            elif len(killed) == 1 and list(out.glob("_parts/*/*.tar")):
+            elif len(killed) == 1 and list(out.glob("_progress/done/shard-*")):
                 live = set(dask_cluster.worker_pids().values())
                 victims = sorted(live - {first_victim})
                 if victims and proc.poll() is None:
                     os.kill(victims[0], signal.SIGKILL)
-                    killed.append("after the first part was written")
+                    killed.append("after the first shard was written")
             for shard in out.glob("shards/*.tar"):
                 if seen_shards.get(shard.name) != shard.stat().st_ino:
                     with tarfile.open(shard) as tar:  # whole, under its final name
@@ -494,7 +489,7 @@ def test_two_torchrun_nodes_train_from_shards_over_http_and_resume(pipeline_outp
               f"--directory={pipeline_output}"]  # fmt: skip
     server_log = tmp_path / "http.log"
     base = f"http://127.0.0.1:{http}"
-    pattern = f"{base}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar"
+    pattern = f"{base}/shards/shard-{{000000..{len(shards) - 1:06d}}}-0000.tar"
     run = tmp_path / "RUN"
     common = [f"--shards={pattern}", f"--out={run}", "--batch-size=2", "--no-resample",
               "--crop-seconds=5", "--workers=1", "--log-every=1", "--checkpoint-every=0",

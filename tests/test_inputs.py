@@ -1,4 +1,4 @@
-"""--input forms: directory, glob, text list, CSV/Parquet manifest; deterministic shard plan."""
+"""--input forms: directory, glob, text list, CSV/Parquet manifest; the run's plan on disk."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import InputListError, plan_tasks, read_input_entries
+from pipeline.inputs import InputListError, read_input_entries
+from pipeline.plan import ShardTask, make_plan, read_task_videos
+from schemas import TASKS_SCHEMA, read_table
 
 
 @pytest.fixture
@@ -55,14 +57,32 @@ def test_bad_input_specs_are_clear_errors(tmp_path):
         read_input_entries(str(bad))
 
 
-def test_plan_assigns_stable_ids_and_shards_and_drops_duplicate_uris():
+def test_plan_assigns_stable_ids_and_tasks_and_drops_duplicate_uris(tmp_path):
     entries = [(f"/v/{i}.mp4", None) for i in range(5)] + [("/v/0.mp4", None)]
-    tasks = plan_tasks(entries, videos_per_shard=2)
-    assert [t.shard_id for t in tasks] == [0, 0, 1, 1, 2]
-    assert [t.order for t in tasks] == list(range(5))
-    assert plan_tasks(entries, 2) == tasks
+    plan = make_plan(str(tmp_path / "out"), entries, 2, {"segment_seconds": 20.0})
+    assert (plan.videos, plan.tasks) == (5, 3)
+    tasks = [ShardTask(**row) for row in read_table(plan.tasks_file, TASKS_SCHEMA).to_pylist()]
+    assert [(t.task, t.row_group, t.videos) for t in tasks] == [(0, 0, 2), (1, 1, 2), (2, 2, 1)]
+    videos = [read_task_videos(t) for t in tasks]  # each task reads its own row group only
+    assert [[v.uri for v in vs] for vs in videos] == [
+        ["/v/0.mp4", "/v/1.mp4"], ["/v/2.mp4", "/v/3.mp4"], ["/v/4.mp4"]
+    ]  # fmt: skip
+    assert [v.position for vs in videos for v in vs] == [0, 1, 0, 1, 0]
+    first_ids = [v.video_id for vs in videos for v in vs]
+    # the same inputs and options again: the same plan, untouched
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_plan").iterdir()}
+    assert make_plan(str(tmp_path / "out"), entries, 2, {"segment_seconds": 20.0}) == plan
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_plan").iterdir()} == before
+    again = make_plan(str(tmp_path / "again"), entries, 2, {"segment_seconds": 20.0})
+    again_tasks = read_table(again.tasks_file, TASKS_SCHEMA).to_pylist()
+    assert [v.video_id for t in again_tasks for v in read_task_videos(ShardTask(**t))] == first_ids
+    # other inputs or options on the same output are refused, naming what differs
+    with pytest.raises(InputListError, match="different inputs_sha256"):
+        make_plan(str(tmp_path / "out"), entries[:3], 2, {"segment_seconds": 20.0})
+    with pytest.raises(InputListError, match="different segment_seconds, videos_per_shard"):
+        make_plan(str(tmp_path / "out"), entries, 3, {"segment_seconds": 10.0})
     with pytest.raises(InputListError, match="given to both"):
-        plan_tasks([("/a.mp4", "same"), ("/b.mp4", "same")], 2)
+        make_plan(str(tmp_path / "ids"), [("/a.mp4", "same"), ("/b.mp4", "same")], 2, {})
 
 
 def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures(tmp_path):

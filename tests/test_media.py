@@ -1,4 +1,4 @@
-"""pipeline/media.py on real files: the shared clips and small clips ffmpeg makes here."""
+"""pipeline/decode/ on real files: the shared clips and small clips ffmpeg makes here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline import libav, media
+from pipeline import decode
+from pipeline.decode import audio as audio_module
+from pipeline.decode import ffmpeg_frames, libav, media_info
 from pipeline.errors import InputError
 
 SR = 22050
@@ -52,13 +55,42 @@ def ffmpeg_frame(path: Path | str, at_or_after: float, autorotate: bool = True) 
     return np.frombuffer(proc.stdout, np.uint8).reshape(height, width, 3)
 
 
+def frames_and_backend(
+    path: str, info: decode.MediaInfo, times, backend: str = "auto", **options
+) -> tuple[np.ndarray, str]:
+    """All the frames of a FrameStream, and the decoder(s) that made them ("pyav+ffmpeg": PyAV
+    gave up part-way)."""
+    stream = decode.FrameStream(path, info, times, backend=backend, **options)
+    size = options.get("size", 224)
+    frames = list(stream)
+    stacked = np.stack(frames) if frames else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, "+".join(stream.used) or backend
+
+
+def sample_frames(path: str, info: decode.MediaInfo, times, **options) -> np.ndarray:
+    return frames_and_backend(path, info, times, **options)[0]
+
+
+def resize_and_crop(frame: np.ndarray, size: int = 224, resize_short: int = 256) -> np.ndarray:
+    """A reference for frames decoded some other way: shorter side `resize_short` (bicubic,
+    antialiased), then the centre `size` crop."""
+    width, height = decode.resized_size((frame.shape[1], frame.shape[0]), resize_short)
+    resized = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
+    return decode.center_crop(np.asarray(resized), size)
+
+
+def rotate(frame: np.ndarray, degrees_cw: int) -> np.ndarray:
+    """Turn an [H, W, C] frame clockwise by a multiple of 90 degrees."""
+    return np.ascontiguousarray(np.rot90(frame, k=-(degrees_cw // 90) % 4))
+
+
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def every_frame(path: str, info: media.MediaInfo) -> tuple[np.ndarray, np.ndarray]:
+def every_frame(path: str, info: decode.MediaInfo) -> tuple[np.ndarray, np.ndarray]:
     """All frames, cropped the way sample_frames crops, with their times from the start."""
-    width, height = media.resized_size(info.display_size, 256)
+    width, height = decode.resized_size(info.display_size, 256)
     args = ["ffmpeg", "-nostdin", "-hide_banner", "-copyts", "-i", path]
     args += ["-map", f"0:{info.video_stream_index}", "-fps_mode", "passthrough"]
     args += ["-vf", f"scale={width}:{height}:flags=bicubic,showinfo", *RAW_RGB]
@@ -66,7 +98,7 @@ def every_frame(path: str, info: media.MediaInfo) -> tuple[np.ndarray, np.ndarra
     frames = np.frombuffer(proc.stdout, np.uint8).reshape(-1, height, width, 3)
     times = np.array([float(t) for t in re.findall(rb"pts_time:(\S+)", proc.stderr)])
     assert len(times) == len(frames)
-    return media.center_crop(frames, 224), times - info.start_time_s
+    return np.stack([decode.center_crop(f, 224) for f in frames]), times - info.start_time_s
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +130,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_probe_reads_codecs_rates_channels_and_sizes(shared_videos):
-    info = media.probe(str(shared_videos / "mdn-ie_friday.mp4"))
+    info = decode.probe(str(shared_videos / "mdn-ie_friday.mp4"))
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
     assert (info.audio_sample_rate, info.audio_channels) == (44100, 2)
     assert (info.width, info.height, info.rotation) == (640, 480, 0)
@@ -106,27 +138,27 @@ def test_probe_reads_codecs_rates_channels_and_sizes(shared_videos):
     assert info.duration_s == pytest.approx(6.166, abs=0.01)
     assert info.audio_stream_index == 0 and info.video_stream_index == 1  # audio comes first
 
-    surround = media.probe(str(shared_videos / "media3_bbb_960x540_60fps_vp8.webm"))
+    surround = decode.probe(str(shared_videos / "media3_bbb_960x540_60fps_vp8.webm"))
     assert (surround.video_codec, surround.audio_codec) == ("vp9", "vorbis")  # despite its name
     assert (surround.audio_sample_rate, surround.audio_channels) == (48000, 6)
     assert surround.audio_duration_s == pytest.approx(1.0, abs=0.05)  # Matroska DURATION tag
 
-    nasa = media.probe(str(shared_videos / "torchcodec_nasa_13013.mp4"))
+    nasa = decode.probe(str(shared_videos / "torchcodec_nasa_13013.mp4"))
     assert nasa.audio_sample_rate == 8000
     # two video streams: the larger one, as ffmpeg itself would pick
     assert nasa.num_video_streams == 2
     assert (nasa.video_stream_index, nasa.width, nasa.height) == (3, 480, 270)
 
-    grid = media.probe(str(shared_videos / "grid_lipnet-bbaf2n.mpg"))
+    grid = decode.probe(str(shared_videos / "grid_lipnet-bbaf2n.mpg"))
     assert (grid.video_codec, grid.audio_codec, grid.format_name) == ("mpeg1video", "mp2", "mpeg")
 
 
 def test_probe_reads_rotation_as_degrees_clockwise(shared_videos):
     # display matrix rotation 90 (counter-clockwise) -> turn 270 clockwise; -90 -> 90
-    rotated = media.probe(str(shared_videos / ROTATED_270))
+    rotated = decode.probe(str(shared_videos / ROTATED_270))
     assert rotated.rotation == 270
     assert (rotated.width, rotated.height, rotated.display_size) == (1280, 720, (720, 1280))
-    other = media.probe(str(shared_videos / ROTATED_90))
+    other = decode.probe(str(shared_videos / ROTATED_90))
     assert other.rotation == 90 and other.display_size == (1080, 1920)
 
 
@@ -144,8 +176,8 @@ def test_probe_reads_rotation_as_degrees_clockwise(shared_videos):
 )
 def test_decode_audio_is_mono_22050_int16_of_the_whole_track(shared_videos, name):
     path = str(shared_videos / name)
-    info = media.probe(path)
-    audio = media.decode_audio(path, info)
+    info = decode.probe(path)
+    audio = decode.decode_audio(path, info)
     assert audio.dtype == np.int16 and audio.ndim == 1
     expected = (info.audio_duration_s or info.duration_s) * SR
     assert len(audio) == pytest.approx(expected, rel=0.03)
@@ -154,17 +186,17 @@ def test_decode_audio_is_mono_22050_int16_of_the_whole_track(shared_videos, name
 
 @pytest.mark.parametrize("name", ["fc.mkv", "bl.mkv"])
 def test_decode_audio_mixes_every_channel_not_just_the_first(made, name):
-    info = media.probe(str(made[name]))
+    info = decode.probe(str(made[name]))
     assert info.audio_channels == 6
-    audio = media.decode_audio(str(made[name]), info)
+    audio = decode.decode_audio(str(made[name]), info)
     assert len(audio) == pytest.approx(3 * SR, rel=0.01)
     assert audio.astype(np.float64).std() > 300  # the one live channel is in the mix
 
 
 def test_decode_audio_pads_a_late_stream_to_the_container_start(made):
-    info = media.probe(str(made["late.mp4"]))
+    info = decode.probe(str(made["late.mp4"]))
     assert info.audio_start_time_s == pytest.approx(1.0, abs=0.05)
-    audio = media.decode_audio(str(made["late.mp4"]), info)
+    audio = decode.decode_audio(str(made["late.mp4"]), info)
     assert len(audio) == pytest.approx(4 * SR, rel=0.02)
     assert not audio[: int(0.95 * SR)].any()  # silence until the sound starts
     assert audio[int(1.1 * SR) :].astype(np.float64).std() > 1000
@@ -177,41 +209,39 @@ def test_decode_audio_pads_a_late_stream_to_the_container_start(made):
 @pytest.mark.parametrize("name", [ROTATED_270, ROTATED_90])
 def test_rotated_frames_come_out_as_ffmpeg_displays_them(shared_videos, name):
     path = str(shared_videos / name)
-    info = media.probe(path)
+    info = decode.probe(path)
     period = 1 / info.fps
     index = 4
     # inside frame 4's display interval, and just before its start for ffmpeg's "at or after"
-    ours, backend = media.sample_frames_with_backend(path, info, [(index + 0.25) * period])
+    ours, backend = frames_and_backend(path, info, [(index + 0.25) * period])
     assert backend == "pyav" and ours.shape == (1, 224, 224, 3)
 
     shown = ffmpeg_frame(path, (index - 0.25) * period)
     assert shown.shape[0] > shown.shape[1]  # portrait, as displayed
-    assert mean_abs_diff(ours[0], media.resize_and_crop(shown)) < 10
+    assert mean_abs_diff(ours[0], resize_and_crop(shown)) < 10
 
-    coded = media.resize_and_crop(ffmpeg_frame(path, (index - 0.25) * period, autorotate=False))
+    coded = resize_and_crop(ffmpeg_frame(path, (index - 0.25) * period, autorotate=False))
     assert mean_abs_diff(ours[0], coded) > 25  # the unrotated frame is a different picture
     # turning the coded frame by `rotation` degrees clockwise gives the displayed one
-    assert mean_abs_diff(ours[0], media.rotate_frames(coded[None], info.rotation)[0]) < 10
+    assert mean_abs_diff(ours[0], rotate(coded, info.rotation)) < 10
 
-    via_ffmpeg, _ = media.sample_frames_with_backend(
-        path, info, [(index + 0.25) * period], backend="ffmpeg"
-    )
+    via_ffmpeg, _ = frames_and_backend(path, info, [(index + 0.25) * period], backend="ffmpeg")
     assert mean_abs_diff(ours, via_ffmpeg) < 5
 
 
 @pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])
 def test_av1_is_decoded(made, backend):
     path = str(made["av1.mp4"])
-    info = media.probe(path)
+    info = decode.probe(path)
     assert info.video_codec == "av1"
     times = [0.5, 1.5, 2.5, 9.0]  # the last is past the end: the last frame
-    frames, used = media.sample_frames_with_backend(path, info, times, backend=backend)
+    frames, used = frames_and_backend(path, info, times, backend=backend)
     assert used == backend and frames.shape == (4, 224, 224, 3) and frames.dtype == np.uint8
     for frame, t in zip(frames[:3], times[:3], strict=True):
-        assert mean_abs_diff(frame, media.resize_and_crop(ffmpeg_frame(path, t - 0.02))) < 5
+        assert mean_abs_diff(frame, resize_and_crop(ffmpeg_frame(path, t - 0.02))) < 5
     assert mean_abs_diff(frames[0], frames[1]) > 5  # testsrc moves: different times differ
-    assert mean_abs_diff(frames[3], media.resize_and_crop(ffmpeg_frame(path, 2.96))) < 5
-    assert len(media.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
+    assert mean_abs_diff(frames[3], resize_and_crop(ffmpeg_frame(path, 2.96))) < 5
+    assert len(decode.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
 
 
 @pytest.mark.parametrize(
@@ -228,10 +258,10 @@ def test_av1_is_decoded(made, backend):
 )
 def test_frames_are_the_ones_displayed_at_the_times(shared_videos, name):
     path = str(shared_videos / name)
-    info = media.probe(path)
+    info = decode.probe(path)
     truth, starts = every_frame(path, info)
     times = np.linspace(0, info.duration_s + 1, 9)  # the last ones past the end
-    ours = media.sample_frames(path, info, times)
+    ours = sample_frames(path, info, times)
     shown = np.clip(np.searchsorted(starts, times + 1e-6, side="right") - 1, 0, len(starts) - 1)
     diffs = [mean_abs_diff(a, b) for a, b in zip(ours, truth[shown], strict=True)]
     assert max(diffs) < 4, diffs  # FFmpeg 8's scaler (PyAV) differs from 5.1's by up to ~2
@@ -239,54 +269,52 @@ def test_frames_are_the_ones_displayed_at_the_times(shared_videos, name):
 
 def test_mpeg_ts_with_a_start_time_is_decoded_from_the_start(made, monkeypatch):
     path = str(made["clip.ts"])  # MPEG-TS starts its clock at 1.4 s; -ss there lands badly
-    info = media.probe(path)
+    info = decode.probe(path)
     assert info.start_time_s == pytest.approx(1.4, abs=0.01) and info.format_name == "mpegts"
     truth, starts = every_frame(path, info)
     times = np.array([0.0, 0.3, 2.51, 3.77, 5.0, 6.9, 7.97, 12.0])
-    monkeypatch.setattr(media, "_TIMES_PER_FFMPEG_CALL", 2)  # would seek, if seeking were exact
-    ours, backend = media.sample_frames_with_backend(path, info, times)
+    monkeypatch.setattr(ffmpeg_frames, "TIMES_PER_CALL", 2)  # would seek, if seeking were exact
+    ours, backend = frames_and_backend(path, info, times)
     shown = np.clip(np.searchsorted(starts, times + 1e-6, side="right") - 1, 0, len(starts) - 1)
     assert backend == "ffmpeg"
     assert max(mean_abs_diff(a, b) for a, b in zip(ours, truth[shown], strict=True)) < 1
-    assert len(media.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
+    assert len(decode.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
 
 
 def test_ffmpeg_path_seeks_in_groups_and_agrees_with_pyav(shared_videos, monkeypatch):
     path = str(shared_videos / "mdn-sa_tears-of-steel-battle-clip-medium.webm")  # 70 s
-    info = media.probe(path)
+    info = decode.probe(path)
     times = np.arange(2.5, 75, 5.0)  # 15 times, the last past the end
-    monkeypatch.setattr(media, "_TIMES_PER_FFMPEG_CALL", 4)  # 4 ffmpeg calls, 3 seeking
-    via_ffmpeg, _ = media.sample_frames_with_backend(path, info, times, backend="ffmpeg")
-    via_pyav, _ = media.sample_frames_with_backend(path, info, times, backend="pyav")
+    monkeypatch.setattr(ffmpeg_frames, "TIMES_PER_CALL", 4)  # 4 ffmpeg calls, 3 seeking
+    via_ffmpeg, _ = frames_and_backend(path, info, times, backend="ffmpeg")
+    via_pyav, _ = frames_and_backend(path, info, times, backend="pyav")
     diffs = [mean_abs_diff(a, b) for a, b in zip(via_ffmpeg, via_pyav, strict=True)]
     assert max(diffs) < 3, diffs
 
 
 def test_times_past_the_end_clamp_even_when_the_duration_is_misreported(shared_videos):
     path = str(shared_videos / "mdn-la_frog.mp4")  # 8.27 s
-    info = media.probe(path)
-    (last,) = media.sample_frames(path, info, [8.26])
+    info = decode.probe(path)
+    (last,) = sample_frames(path, info, [8.26])
     for wrong in (
         dict(video_duration_s=100.0, duration_s=100.0),
         dict(video_duration_s=None, duration_s=0.0),
     ):
         misinformed = dataclasses.replace(info, **wrong)
-        frames, _ = media.sample_frames_with_backend(
-            path, misinformed, [20.0, 50.0], backend="ffmpeg"
-        )
+        frames, _ = frames_and_backend(path, misinformed, [20.0, 50.0], backend="ffmpeg")
         assert mean_abs_diff(frames[0], last) < 2 and mean_abs_diff(frames[1], last) < 2
 
 
 def test_frame_size_and_argument_checks(shared_videos):
     path = str(shared_videos / "videollava_sample_demo_22.mp4")  # 204x360 portrait
-    info = media.probe(path)
-    assert media.resized_size(info.display_size, 256) == (256, 452)
-    frames = media.sample_frames(path, info, [1.0, 1.0, 0.0], size=112, resize_short=128)
+    info = decode.probe(path)
+    assert decode.resized_size(info.display_size, 256) == (256, 452)
+    frames = sample_frames(path, info, [1.0, 1.0, 0.0], size=112, resize_short=128)
     assert frames.shape == (3, 112, 112, 3)
     assert np.array_equal(frames[0], frames[1])
-    assert media.sample_frames(path, info, []).shape == (0, 224, 224, 3)
+    assert sample_frames(path, info, []).shape == (0, 224, 224, 3)
     with pytest.raises(ValueError):
-        media.sample_frames(path, info, [1.0], size=300)
+        sample_frames(path, info, [1.0], size=300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +342,7 @@ def test_bad_inputs_raise_input_errors_that_name_the_file_and_the_problem(tmp_pa
         (made["silent.mp4"], "no audio stream (streams: h264 video)"),
         (made["sound.m4a"], "no video stream (streams: aac audio)"),
     ]:
-        expect_input_error("probe", words, path, lambda p=path: media.probe(str(p)))
+        expect_input_error("probe", words, path, lambda p=path: decode.probe(str(p)))
 
 
 def test_truncated_file_and_timeouts_are_input_errors(tmp_path, made):
@@ -322,28 +350,26 @@ def test_truncated_file_and_timeouts_are_input_errors(tmp_path, made):
     ffmpeg("-i", str(made["late.mp4"]), "-c", "copy", "-movflags", "+faststart", str(whole))
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    info = media.probe(str(cut))  # the index is intact, the data is not
+    info = decode.probe(str(cut))  # the index is intact, the data is not
     expect_input_error(
-        "decode_audio", "truncated or corrupt", cut, lambda: media.decode_audio(str(cut), info)
+        "decode_audio", "truncated or corrupt", cut, lambda: decode.decode_audio(str(cut), info)
     )
 
     # in-process (PyAV) decoding and the ffmpeg tools both stop at the time limit
-    info = media.probe(str(whole))
+    info = decode.probe(str(whole))
     for decoder, call in [
-        ("PyAV", lambda: media.decode_audio(str(whole), info, timeout_s=0.001)),
-        ("ffmpeg", lambda: media._ffmpeg_audio(str(whole), info, timeout_s=0.001)),
+        ("PyAV", lambda: decode.decode_audio(str(whole), info, timeout_s=0.001)),
+        ("ffmpeg", lambda: audio_module._ffmpeg_audio(str(whole), info, timeout_s=0.001)),
     ]:
         expect_input_error("decode_audio", f"{decoder} timed out after 0.001 s", whole, call)
     av1 = str(made["av1.mp4"])
-    info = media.probe(av1)
+    info = decode.probe(av1)
     for backend, decoder in (("auto", "PyAV"), ("ffmpeg", "ffmpeg")):
         expect_input_error(
             "decode_frames",
             f"{decoder} timed out after 0.001 s",
             av1,
-            lambda b=backend: media.sample_frames_with_backend(
-                av1, info, [1.0], timeout_s=0.001, backend=b
-            ),
+            lambda b=backend: frames_and_backend(av1, info, [1.0], timeout_s=0.001, backend=b),
         )
 
 
@@ -358,12 +384,12 @@ def test_every_shared_clip_decodes(shared_videos):
     through_ffmpeg = []
     for path in map(str, paths):
         start = time.perf_counter()
-        info = media.probe(path)
+        info = decode.probe(path)
         probed = time.perf_counter()
-        audio = media.decode_audio(path, info)
+        audio = decode.decode_audio(path, info)
         decoded = time.perf_counter()
         times = np.arange(1.25, info.duration_s, 2.5) if info.duration_s > 1.25 else [0.1]
-        frames, backend = media.sample_frames_with_backend(path, info, times)
+        frames, backend = frames_and_backend(path, info, times)
         seconds["probe"] += probed - start
         seconds["audio"] += decoded - probed
         seconds[backend] += time.perf_counter() - decoded
@@ -397,9 +423,9 @@ def test_pyav_probe_and_audio_agree_with_the_ffmpeg_tools(shared_videos):
     for path in sorted(map(str, shared_videos.iterdir())):
         if path.endswith((".csv", ".md")):
             continue
-        by_tool = media._media_info(path, media._ffprobe(path, 60))
-        by_pyav = media._media_info(path, libav.probe(path))
-        for field in dataclasses.fields(media.MediaInfo):
+        by_tool = media_info._media_info(path, media_info._ffprobe(path, 60))
+        by_pyav = media_info._media_info(path, libav.probe(path))
+        for field in dataclasses.fields(decode.MediaInfo):
             ours, theirs = getattr(by_pyav, field.name), getattr(by_tool, field.name)
             if field.name == "duration_s":
                 continue
@@ -408,7 +434,7 @@ def test_pyav_probe_and_audio_agree_with_the_ffmpeg_tools(shared_videos):
                 assert ours == pytest.approx(theirs, abs=close), (path, field.name)
             else:
                 assert ours == theirs, (path, field.name)
-        tool = media._ffmpeg_audio(path, by_tool, 60)
+        tool = audio_module._ffmpeg_audio(path, by_tool, 60)
         ours = libav.decode_audio(path, by_tool.audio_stream_index)
         assert abs(len(ours) - len(tool)) <= 2, path
         n = min(len(ours), len(tool))
@@ -424,12 +450,12 @@ def test_pyav_frames_agree_with_the_ffmpeg_tool_on_every_clip_it_takes(shared_vi
             continue
         if path.endswith(".mpg") or Path(path).name in AVI_OUT_OF_ORDER:  # the tool's: see above
             continue
-        info = media.probe(path)
+        info = decode.probe(path)
         # a third of the way into frame intervals: no ties between the two clocks' rounding
         period = 1 / (info.fps or 25)
         times = (np.floor(np.linspace(0, info.duration_s + 1, 7) / period) + 0.33) * period
-        via_pyav, used = media.sample_frames_with_backend(path, info, times, threads=1)
-        via_tool, _ = media.sample_frames_with_backend(path, info, times, backend="ffmpeg")
+        via_pyav, used = frames_and_backend(path, info, times, threads=1)
+        via_tool, _ = frames_and_backend(path, info, times, backend="ffmpeg")
         diffs = [mean_abs_diff(a, b) for a, b in zip(via_pyav, via_tool, strict=True)]
         assert used == "pyav" and max(diffs) < 3, (path, diffs)
         taken += 1
@@ -447,7 +473,7 @@ def test_pyav_decodes_no_frame_twice_and_skips_unwanted_gops(
     shared_videos, monkeypatch, name, most
 ):
     path = str(shared_videos / name)
-    info = media.probe(path)
+    info = decode.probe(path)
     decoded = []
     real_next = libav._Cursor._next
 
@@ -458,7 +484,7 @@ def test_pyav_decodes_no_frame_twice_and_skips_unwanted_gops(
 
     monkeypatch.setattr(libav._Cursor, "_next", counting_next)
     times = np.arange(2.5, info.duration_s, 5.0)  # the pipeline's one frame every 5 s
-    frames, used = media.sample_frames_with_backend(path, info, times, threads=1)
+    frames, used = frames_and_backend(path, info, times, threads=1)
     assert used == "pyav" and len(frames) == len(times)
     total = round((info.video_duration_s or info.duration_s) * info.fps)
     assert len(decoded) == len(set(decoded)), "a frame was decoded twice"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from pipeline import media
+from pipeline import decode
 from pipeline.teachers import load_teacher, preprocess
 from schemas import (
     FAILURES_SCHEMA,
@@ -87,7 +87,7 @@ def test_shards_follow_the_format_and_match_the_index(pipeline_output, samples):
         assert meta.frame_times_s[-1] <= meta.start_s + meta.duration_s
     # no temporary or work files are left visible
     assert not [p for p in pipeline_output.rglob("*") if ".tmp-" in p.name]
-    assert not list(pipeline_output.glob("_parts/*/*.tar"))
+    assert not list(pipeline_output.glob("_plan/pending-*"))
 
 
 def test_segments_hold_the_whole_decoded_audio(samples, shared_videos):
@@ -101,7 +101,7 @@ def test_segments_hold_the_whole_decoded_audio(samples, shared_videos):
         "torchcodec_nasa_13013.mp4",
     ]:
         path = str(shared_videos / name)
-        audio = media.decode_audio(path, media.probe(path))
+        audio = decode.decode_audio(path, decode.probe(path))
         segs = sorted(by_source[path], key=lambda s: s.metadata.segment)
         assert [s.metadata.segment for s in segs] == list(range(len(segs)))
         total = sum(len(s.audio) for s in segs)
@@ -122,7 +122,7 @@ def test_teacher_rows_equal_a_direct_model_call_on_the_same_frames(samples, shar
             key=lambda s: s.metadata.segment,
         )
         times = [t for s in segs for t in s.metadata.frame_times_s]
-        frames = media.sample_frames(path, media.probe(path), times)
+        frames = np.stack(list(decode.FrameStream(path, decode.probe(path), times)))
         with torch.inference_mode():
             direct = torch.softmax(teacher.model(preprocess(frames)), dim=1).numpy()
         stored = np.concatenate([s.probs["objects"].astype(np.float32) for s in segs])

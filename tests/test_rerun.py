@@ -97,10 +97,10 @@ def test_sigkill_at_several_moments_then_rerun_equals_a_clean_run(shared_videos,
 
     out = tmp_path / "killed"
     moments = {
-        "run planned": has("_progress/config.json"),
-        "first video part written": has("_parts/*/*.tar"),
+        "run planned": has("_plan/config.json"),
+        "a shard half-written": has("shards/*.tar.tmp-*"),
         "first shard written": has("shards/*.tar"),
-        "half the shards done": lambda o: len(list(o.glob("_progress/shard-*[0-9].parquet"))) >= 2,
+        "half the shard tasks done": lambda o: len(list(o.glob("_progress/done/task-*"))) >= 2,
     }
     survived = [name for name, ready in moments.items() if kill_when(listing, out, ready)]
     assert len(survived) >= 3, f"the run finished before most kill points: {survived}"
@@ -110,7 +110,7 @@ def test_sigkill_at_several_moments_then_rerun_equals_a_clean_run(shared_videos,
     index = read_table(out / "index.parquet", INDEX_SCHEMA)
     assert index.to_pylist() == read_table(clean / "index.parquet", INDEX_SCHEMA).to_pylist()
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
-    assert not (out / "_parts").exists()
+    assert not list(out.glob("_plan/pending-*"))
     # a finished output: running again rewrites nothing
     before = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
     run_to_end(listing, out)

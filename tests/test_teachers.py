@@ -28,7 +28,7 @@ from pipeline.teachers import (
     load_teacher,
     parse_labels,
     preprocess,
-    teacher_info,
+    resolve_teacher,
     teacher_probabilities,
     torch_device,
 )
@@ -102,7 +102,7 @@ def test_imagenet_metadata(lite0):
     assert re.fullmatch(r"[0-9a-f]{64}", lite0.weights_sha256)
     data = Path(lite0.weights_path).read_bytes()
     assert lite0.weights_sha256 == hashlib.sha256(data).hexdigest()
-    again = teacher_info("objects", "efficientnet_lite0")
+    again = resolve_teacher("objects", "efficientnet_lite0")
     assert again.weights_sha256 == lite0.weights_sha256 and again.labels == lite0.labels
     head = lite0.head_info()
     assert (head.teacher, head.num_classes, head.label_set) == (
@@ -218,11 +218,11 @@ def test_places365_missing_files_say_what_to_get(tmp_path):
         with pytest.raises(
             TeacherError, match=r"resnet18_places365\.pth\.tar.*--scenes-weights=PATH"
         ):
-            teacher_info("scenes", "places365_resnet18", weights=weights)
+            resolve_teacher("scenes", "places365_resnet18", weights=weights)
     weights = tmp_path / "resnet18_places365.pth.tar"
     csail_checkpoint(weights, torchvision.models.resnet18(num_classes=365), "resnet18")
     with pytest.raises(TeacherError, match="categories_places365.txt is not beside"):
-        teacher_info("scenes", "places365_resnet18", weights=str(weights))
+        resolve_teacher("scenes", "places365_resnet18", weights=str(weights))
 
 
 def test_wrong_checkpoints_are_clear_errors(tmp_path):
@@ -238,9 +238,9 @@ def test_wrong_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(TeacherError, match="not a readable PyTorch checkpoint"):
         load_teacher("scenes", "places365_resnet18", weights=str(truncated))
     with pytest.raises(TeacherError, match="places365_densenet161.*places365_resnet18"):
-        teacher_info("scenes", "places365_vgg16")
+        resolve_teacher("scenes", "places365_vgg16")
     with pytest.raises(TeacherError, match="head name"):
-        teacher_info("objects.v2", "efficientnet_lite0")
+        resolve_teacher("objects.v2", "efficientnet_lite0")
 
 
 # --- torchvision ImageNet architectures -------------------------------------------------------
@@ -311,13 +311,14 @@ def test_handler_in_a_direct_runner_pipeline(lite0, photos):
     frames = list(photos) + list(rng.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8))
     expected = probabilities(lite0.model, np.stack(frames))
 
-    handler = TeacherModelHandler(
-        "objects", "efficientnet_lite0", min_batch_size=2, max_batch_size=3
-    )
-    # metadata without a model, and a handler small enough to ship to workers
-    info = handler.info()
+    # resolved once (no model built), then a handler small enough to ship to workers
+    info = resolve_teacher("objects", "efficientnet_lite0")
     assert (info.weights_sha256, info.labels) == (lite0.weights_sha256, lite0.labels)
+    handler = TeacherModelHandler(info, min_batch_size=2, max_batch_size=3)
     assert len(pickle.dumps(handler)) < 100_000
+    # called directly, as the pipeline's shard writer does
+    direct = handler.probabilities(frames, handler.load_model())
+    np.testing.assert_allclose(direct, expected, rtol=0, atol=1e-4)
 
     def matches(results):
         got = dict(results)

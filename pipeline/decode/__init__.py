@@ -16,7 +16,7 @@ and the decoded audio is aligned to the same origin.
 
 from pipeline.decode.audio import decode_audio
 from pipeline.decode.frames import FrameStream, center_crop, resized_size
-from pipeline.decode.probe import MediaInfo, probe
+from pipeline.decode.media_info import MediaInfo, probe
 from pipeline.decode.tools import ffmpeg_version
 
 __all__ = [

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.decode import libav
 from pipeline.decode.dispatch import pyav_or_tools
-from pipeline.decode.probe import MediaInfo
+from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.tools import FFMPEG, check_file, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
 from schemas import SAMPLE_RATE

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from pipeline.decode.probe import MediaInfo, number
+from pipeline.decode.media_info import MediaInfo, number
 from pipeline.decode.tools import FFMPEG, FFPROBE, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
 

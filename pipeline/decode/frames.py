@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.decode import libav
 from pipeline.decode.ffmpeg_frames import ffmpeg_frames, seeks_exactly
-from pipeline.decode.probe import MediaInfo
+from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.tools import check_file
 from pipeline.errors import InputError
 
@@ -43,7 +43,8 @@ def center_crop(frame: np.ndarray, size: int) -> np.ndarray:
 
 class FrameStream:
     """uint8 [size, size, 3] RGB frames, one per time in `times_s` (seconds from the container
-    start, in increasing order), as an iterator; times past the last frame get the last frame.
+    start), as an iterator; times past the last frame get the last frame. Times in increasing
+    order stream (one frame held at a time); others are decoded in order and handed back.
 
     backend: "auto" (PyAV, the ffmpeg tool where PyAV cannot), or "pyav" / "ffmpeg" to force one
     (tests, benches); after iterating, `used` says which decoded them. threads: decoder threads
@@ -66,8 +67,8 @@ class FrameStream:
         if not 0 < size <= resize_short:
             raise ValueError(f"need 0 < size <= resize_short, got {size} and {resize_short}")
         times = np.asarray(times_s, np.float64).reshape(-1)
-        if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
-            raise ValueError(f"frame times must be finite and increasing, got {list(times_s)}")
+        if not np.all(np.isfinite(times)):
+            raise ValueError(f"frame times must be finite, got {list(times_s)}")
         self.path, self.info, self.size, self.timeout_s = path, info, size, timeout_s
         self.targets = info.start_time_s + np.maximum(times, 0.0)  # absolute times
         self.out_size = resized_size(info.display_size, resize_short)
@@ -81,12 +82,21 @@ class FrameStream:
         if not len(self.targets):
             return
         check_file(self.path, "decode_frames")
+        if np.any(np.diff(self.targets) < 0):  # out of order: decode in order, hand back all
+            order = np.argsort(self.targets, kind="stable")
+            frames = list(self._in_order(self.targets[order]))
+            yield from (frames[i] for i in np.argsort(order, kind="stable"))
+            return
+        yield from self._in_order(self.targets)
+
+    def _in_order(self, targets: np.ndarray) -> Iterator[np.ndarray]:
         done = 0
         why = "asked for" if self.backend == "ffmpeg" else self._pyav_unfit()
         if why is None:
             try:
-                self.used.append("pyav")
-                for frame in self._pyav(self.targets):
+                for frame in self._pyav(targets):
+                    if not done:
+                        self.used.append("pyav")
                     yield frame
                     done += 1
                 return
@@ -98,7 +108,7 @@ class FrameStream:
             raise InputError("decode_frames", f"{self.path}: PyAV cannot decode it ({why})")
         log.debug("%s: frames %d on through the ffmpeg tool (%s)", self.path, done, why)
         self.used.append("ffmpeg")
-        yield from self._tool(self.targets[done:])
+        yield from self._tool(targets[done:])
 
     def _pyav_unfit(self) -> str | None:
         if not libav.usable(self.path):

@@ -30,7 +30,7 @@ class TeacherInfo:
     head: str  # the shard head name: "objects", "scenes", ...
     name: str  # registry name
     label_set: str
-    labels: tuple[str, ...]  # class names in output order
+    labels: list[str]  # class names in output order
     weights_sha256: str
     weights_path: str
 
@@ -60,7 +60,7 @@ def resolve_teacher(
         why = "does not exist" if weights else "is not there"
         raise TeacherError(f"weights file {path} {why}: {what_to_get(arch, head)}")
     names = class_names(arch, head, path, labels)
-    return TeacherInfo(head, name, arch.label_set, tuple(names), file_sha256(path), path)
+    return TeacherInfo(head, name, arch.label_set, names, file_sha256(path), path)
 
 
 def build_teacher(info: TeacherInfo, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -124,10 +124,10 @@ def load_state_dict(path: str, arch: TeacherArch, head: str) -> Mapping[str, tor
             f"{type(e).__name__}: {e}"
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        arch = obj.get("arch")
-        if isinstance(arch, str) and arch != arch.arch:
+        saved = obj.get("arch")
+        if isinstance(saved, str) and saved != arch.arch:
             raise TeacherError(
-                f"{path} is a checkpoint of {arch!r}, but teacher {arch.name!r} is {arch.arch!r}"
+                f"{path} is a checkpoint of {saved!r}, but teacher {arch.name!r} is {arch.arch!r}"
             )
         obj = obj["state_dict"]
     if not (isinstance(obj, Mapping) and obj and all(torch.is_tensor(v) for v in obj.values())):
