@@ -7,12 +7,14 @@
 One process on CPU or a GPU, or DDP under torchrun (gloo on CPU, NCCL on GPUs; each rank reads
 its own shards). The run directory gets:
 
-    RUN/step-N.pt, RUN/last.pt   checkpoints (trainer/checkpoint.py; weights_only-loadable)
+    RUN/step-N.pt, RUN/last.pt   checkpoints (models/checkpoint.py; weights_only-loadable)
     RUN/metrics.jsonl            one JSON object a line: kind train / val / skip / data_error
     RUN/run.json                 config, world size, timings, the shards each rank read
     RUN/tensorboard/             the same numbers, when tensorboard is installed
 
-The file reads top to bottom: options, setup, data, model, the loop.
+The file reads top to bottom: options, the pieces of a run (process group, step statistics,
+the prior baseline, metrics, checkpoints, validation), then `main`: options -> data -> model
+(fresh, --init or resumed) -> the loop -> the record.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +40,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.pretrained import load_pretrained
+from models.registry import ARCHS, DEFAULT_ARCH, build_model
+from models.soundnet import SoundNet
+from schemas import SAMPLE_RATE, FrameIntervalError, frames_per_step
 from schemas.io import atomic_path, write_text_atomic
 from trainer import data
-from trainer.autoencoder import reconstruction_loss
-from trainer.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    model_from_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from trainer.losses import LOSSES, distillation_loss, kl_divergence
-from trainer.model import ARCHS, SoundNet, build_model
+from trainer.losses import LOSSES, distillation_loss, kl_divergence, reconstruction_loss
+from trainer.rng import capture_rng, restore_rng
 
 log = logging.getLogger("trainer")
 
@@ -78,14 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-shards", help="validation shards, same forms as --shards")
     g.add_argument("--heads", default="", help="comma-separated teacher heads; empty: all")
     g.add_argument("--crop-seconds", type=float, default=20.0,
-                   help="training crop, whole 5 s teacher steps (the paper: 20)")  # fmt: skip
+                   help="training crop, whole output steps of the model (SoundNet-8's: 5 s; "
+                   "the paper: 20)")  # fmt: skip
     g.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                    help="resample shards per rank (balanced); no: each rank its own share")  # fmt: skip
     g.add_argument("--shuffle-buffer", type=int, default=256, help="samples (0: no shuffling)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="data loader processes per rank")  # fmt: skip
     g = p.add_argument_group("model and loss")
-    g.add_argument("--arch", choices=ARCHS, default="soundnet8", help="the student")
+    g.add_argument("--arch", choices=ARCHS, default=DEFAULT_ARCH, help="the student")
     g.add_argument("--loss", choices=LOSSES, default="kl", help="l2: the paper's ablation")
     g.add_argument("--init", help="start from these weights (matching layers): a checkpoint, "
                    "original:soundnet8, a .t7 release")  # fmt: skip
@@ -122,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, step: int, args: argparse.Namespace
+) -> float:
+    lr = learning_rate(step, args)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def learning_rate(step: int, args: argparse.Namespace) -> float:
     """Pure function of the step, so a resumed run continues the same schedule."""
     if args.warmup_steps and step <= args.warmup_steps:
@@ -133,7 +144,7 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers: distributed setup, metrics, checkpoints
+# The process group, and numbers summed over its ranks
 
 
 class NonFiniteLoss(RuntimeError):
@@ -158,10 +169,132 @@ def setup_device(choice: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def all_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(values)
-    return values
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+    )
+
+
+def seed_process(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed crop length: pick the fastest kernels
+
+
+def parallel(
+    model: nn.Module, world: int, device: torch.device, precision: str
+) -> tuple[nn.Module, Any, bool]:
+    """The model as the loop runs it (DDP across ranks), its autocast, and whether bf16."""
+    if world > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    )
+    return model, autocast, use_bf16
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Summed:
+    """A dataclass of tensors and dicts of tensors; `all_sum` adds them up over the ranks in
+    one all-reduce (packed into one float64 buffer and unpacked by field name)."""
+
+    def all_sum(self) -> Any:
+        named: dict[tuple[str, str | None], torch.Tensor] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            named |= {(f.name, key): tensor for key, tensor in items}
+        flat = torch.cat([t.detach().double().reshape(-1) for t in named.values()])
+        if dist.is_initialized():
+            dist.all_reduce(flat)
+        parts = dict(zip(named, flat.cpu().split([t.numel() for t in named.values()]), strict=True))
+        summed = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            keys = list(value) if isinstance(value, dict) else [None]
+            shaped = {k: parts[(f.name, k)].reshape(named[(f.name, k)].shape) for k in keys}
+            summed[f.name] = shaped if isinstance(value, dict) else shaped[None]
+        return type(self)(**summed)
+
+
+@dataclass
+class StepStats(Summed):
+    """One training step's numbers on this rank (or, after `all_sum`, over all ranks)."""
+
+    loss: torch.Tensor
+    nonfinite: torch.Tensor  # 1 where the loss is NaN or infinite
+    shard_errors: torch.Tensor  # shards and samples the loader skipped since the last batch
+    sample_errors: torch.Tensor
+    head_loss: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # for the prior
+
+    @classmethod
+    def of(
+        cls,
+        loss: torch.Tensor,
+        head_loss: Mapping[str, torch.Tensor],
+        targets: Mapping[str, torch.Tensor],
+        events: Mapping[str, list],
+    ) -> StepStats:
+        def count(n: int) -> torch.Tensor:
+            return torch.tensor(float(n), device=loss.device)
+
+        return cls(
+            loss=loss.detach(),
+            nonfinite=(~torch.isfinite(loss.detach())).double(),
+            shard_errors=count(len(events["shard_errors"])),
+            sample_errors=count(len(events["sample_errors"])),
+            head_loss=dict(head_loss),
+            teacher_sums={h: t.sum(dim=(0, 1)) for h, t in targets.items()},
+        )
+
+
+@dataclass
+class Prior:
+    """The prior baseline: always predicting the mean teacher distribution of everything
+    trained on so far, so that validation shows whether the student learned anything."""
+
+    sums: dict[str, torch.Tensor]  # per head, the teacher rows trained on, summed (float64)
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, heads: Mapping[str, int]) -> Prior:
+        return cls({h: torch.zeros(n, dtype=torch.float64) for h, n in heads.items()})
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Prior:
+        return cls({h: t.double() for h, t in state["sum"].items()}, int(state["rows"]))
+
+    def add(self, sums: Mapping[str, torch.Tensor], rows: int) -> None:
+        for head in self.sums:
+            self.sums[head] += sums[head]
+        self.rows += rows
+
+    def distributions(self) -> dict[str, torch.Tensor]:
+        return {h: (s / max(1, self.rows)).float() for h, s in self.sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        """What checkpoints keep of it."""
+        return {"sum": {h: t.float() for h, t in self.sums.items()}, "rows": self.rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run writes: metrics, the loaders' reports, checkpoints
 
 
 class Metrics:
@@ -214,13 +347,89 @@ def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, on every rank."""
-    if not dist.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+class TrainWindow:
+    """The steps since the last `train` line of metrics.jsonl: their mean losses and speed."""
+
+    def __init__(self, heads: list[str]):
+        self.heads = heads
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.head_loss, self.steps = 0.0, dict.fromkeys(self.heads, 0.0), 0
+        self.tick = time.time()
+
+    def add(self, total: StepStats, world: int) -> None:
+        self.loss += total.loss.item() / world
+        for head, value in total.head_loss.items():
+            self.head_loss[head] += value.item() / world
+        self.steps += 1
+
+    def record(self, step: int, lr: float, samples_per_step: int, **totals: Any) -> dict[str, Any]:
+        """The `train` line of these steps: mean losses, lr, samples/s, then the run's totals;
+        the window starts again."""
+        n = self.steps
+        rate = n * samples_per_step / max(time.time() - self.tick, 1e-9)
+        losses = {"loss": self.loss / n, **{f"loss_{h}": v / n for h, v in self.head_loss.items()}}
+        self.reset()
+        return {"kind": "train", "step": step, **losses, "lr": lr, "samples_per_s": rate, **totals}
+
+
+def nonfinite_step(
+    args: argparse.Namespace,
+    step: int,
+    loss: torch.Tensor,
+    per_head: Mapping[str, torch.Tensor],
+    lr: float,
+    rank: int,
+    last: Path,
+    metrics: Metrics,
+    skipped_in_a_row: int,
+) -> None:
+    """A NaN/inf loss: stop without saving, or (--on-nonfinite skip) log the skipped step."""
+    message = (
+        f"step {step}: the loss is not finite ({loss.item()} on rank {rank}; "
+        f"per head { ({h: v.item() for h, v in per_head.items()}) }, lr {lr:g})"
+    )
+    if args.on_nonfinite == "stop":
+        raise NonFiniteLoss(
+            f"{message}. Stopped without saving; the last good checkpoint is "
+            f"{last if last.exists() else 'none'}. Try a lower --lr, --grad-clip, or "
+            "--on-nonfinite skip"
+        )
+    metrics.write({"kind": "skip", "step": step, "reason": message})
+    log.warning("%s: skipped", message)
+    if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+        raise NonFiniteLoss(f"{skipped_in_a_row} non-finite steps in a row; stopping")
+
+
+class DataLog:
+    """What the loaders report with each batch: the shards read (for run.json), and bad shards
+    and samples (counted, and one `data_error` line per shard in metrics.jsonl)."""
+
+    def __init__(self, metrics: Metrics, rank: int):
+        self.metrics, self.rank = metrics, rank
+        self.shards_read: Counter[str] = Counter()
+        self.reported: set[str] = set()
+        self.skipped = {"shards": 0, "samples": 0}
+
+    def note(self, events: Mapping[str, list], step: int) -> None:
+        self.shards_read.update(events["shards"])
+        for url, message in events["shard_errors"] + events["sample_errors"]:
+            if url not in self.reported:
+                self.reported.add(url)
+                self.metrics.write({"kind": "data_error", "step": step, "url": url,
+                                    "error": message, "rank": self.rank})  # fmt: skip
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "skipped_shards": self.skipped["shards"],
+            "skipped_samples": self.skipped["samples"],
+        }
+
+    def count(self, total: StepStats) -> None:
+        """Every rank's skips, summed in the step's all-reduce."""
+        self.skipped["shards"] += int(total.shard_errors)
+        self.skipped["samples"] += int(total.sample_errors)
 
 
 def publish_last(step_path: Path, last: Path) -> None:
@@ -232,16 +441,137 @@ def publish_last(step_path: Path, last: Path) -> None:
             tmp.write_bytes(step_path.read_bytes())
 
 
+@dataclass
+class Checkpoints:
+    """RUN/step-N.pt and RUN/last.pt: the model, optimiser, step, every rank's RNG, the prior,
+    the config; only rank 0 writes."""
+
+    out: Path
+    model: nn.Module  # unwrapped from DDP
+    optimizer: torch.optim.Optimizer
+    args: argparse.Namespace
+    labels: dict[str, list[str]]
+    world: int
+    is_main: bool
+
+    @property
+    def last(self) -> Path:
+        return self.out / LAST
+
+    def save(self, step: int, prior: Prior) -> None:
+        rngs = gather(capture_rng())
+        # every rank checks (the weights are the same everywhere), so all stop together
+        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()):
+            raise NonFiniteLoss(f"step {step}: the weights are not finite; not saving")
+        if not self.is_main:
+            return
+        path = self.out / f"step-{step}.pt"
+        save_checkpoint(
+            path, self.model, self.args.arch, self.labels, step=step,
+            optimizer=self.optimizer.state_dict(), rng=rngs, config=vars(self.args),
+            world_size=self.world, prior=prior.state(),
+        )  # fmt: skip
+        publish_last(path, self.last)
+        if self.args.keep_checkpoints:
+            old = sorted(self.out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+            for stale in old[: -self.args.keep_checkpoints]:
+                stale.unlink()
+
+    def agree_on(self, start: int) -> None:
+        """Every rank must start at the same step, or DDP hangs."""
+        starts = gather(start)
+        if len(set(starts)) > 1:  # e.g. nodes that do not share --out
+            raise SystemExit(
+                f"ranks would start at different steps {starts}: --out must be a directory that "
+                f"every node sees (a shared file system), so that --resume reads the same {LAST}"
+            )
+
+    def resume(self, heads: dict[str, int], rank: int) -> tuple[int, Prior]:
+        """Model, optimiser and this rank's RNG from last.pt; its step and prior."""
+        ckpt = load_checkpoint(self.last)
+        if ckpt["arch"] != self.args.arch or ckpt["heads"] != self.model.head_sizes:
+            raise SystemExit(
+                f"--resume: {self.last} is {ckpt['arch']} with heads {ckpt['heads']}; this run "
+                f"is {self.args.arch} with {heads}: pass the same --arch and --heads"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if len(ckpt["rng"]) == self.world:  # the same ranks again: each continues its streams
+            restore_rng(ckpt["rng"][rank])
+        log.info("resumed from %s at step %d", self.last, ckpt["step"])
+        return int(ckpt["step"]), Prior.from_state(ckpt["prior"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and model: crops in the model's steps, teacher frames aligned to them, --init
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The run's data as the options name it: shards, heads, class names."""
+
+    train: data.ShardSource
+    val: data.ShardSource | None
+    found: data.ShardInfo  # what the first training samples say
+    val_found: data.ShardInfo | None
+    heads: dict[str, int]  # the heads trained, and their sizes
+    labels: dict[str, list[str]]
+
+
+def open_shards(args: argparse.Namespace, world: int) -> Shards:
+    """--shards, --val-shards and --heads, checked; the class names of the heads."""
+    try:
+        source = data.resolve_shards(args.shards)
+        val_source = data.resolve_shards(args.val_shards) if args.val_shards else None
+        found = data.inspect_shards(source.urls)
+        val_found = data.inspect_shards(val_source.urls) if val_source else None
+    except data.ShardSpecError as err:
+        raise SystemExit(f"--shards: {err}") from err
+    wanted = [h for h in args.heads.split(",") if h] or list(found.heads)
+    unknown = [h for h in wanted if h not in found.heads]
+    if unknown:
+        raise SystemExit(f"--heads {unknown}: the shards have {sorted(found.heads)}")
+    heads = {h: found.heads[h].num_classes for h in wanted}
+    if not args.resample and len(source.urls) < world * max(1, args.workers):
+        raise SystemExit(
+            f"--no-resample splits {len(source.urls)} shards between {world} ranks x "
+            f"{max(1, args.workers)} workers: some would get none; resample, or use fewer workers"
+        )
+    labels = data.read_label_names(source, heads)
+    return Shards(source, val_source, found, val_found, heads, labels)
+
+
+def crop_steps_of(args: argparse.Namespace, model: nn.Module) -> int:
+    """--crop-seconds in the model's output steps, which must map one-to-one onto its heads."""
+    step_s = model.step_samples / SAMPLE_RATE
+    steps = round(args.crop_seconds / step_s)
+    if steps < 1 or abs(steps * step_s - args.crop_seconds) > 1e-6:
+        raise SystemExit(f"--crop-seconds {args.crop_seconds}: must be a multiple of {step_s:g} s")
+    if isinstance(model, SoundNet) and model.output_steps(steps * model.step_samples) != steps:
+        raise SystemExit(
+            f"--crop-seconds {args.crop_seconds}: {args.arch} gives "
+            f"{model.output_steps(steps * model.step_samples)} output steps for {steps} teacher "
+            f"frames; they must match one-to-one (20 s gives 4)"
+        )
+    return steps
+
+
+def check_frame_intervals(shards: Shards, model: nn.Module) -> None:
+    """Refuse, before any step, shards whose frame interval does not divide the model's step."""
+    for option, info in (("--shards", shards.found), ("--val-shards", shards.val_found)):
+        if info is None or info.frame_interval_s is None:
+            continue  # no samples, or each read so far is labelled as a whole
+        try:
+            frames = frames_per_step(info.frame_interval_s, model.step_samples, where=info.where)
+        except FrameIntervalError as err:
+            raise SystemExit(f"{option}: {err}") from None
+        log.info("%s: frame interval %g s, %d frame(s) per output step of %g s", option,
+                 info.frame_interval_s, frames, model.step_samples / SAMPLE_RATE)  # fmt: skip
+
+
 def init_weights(model: nn.Module, spec: str) -> None:
     """Copy the layers of `spec` whose names and shapes match (fine-tuning): one of our
-    checkpoints, or what trainer.pretrained knows (original:soundnet8, a .t7 release)."""
-    try:
-        from trainer.pretrained import load_pretrained
-    except ImportError:  # without it, our own checkpoints only
-
-        def load_pretrained(spec: str) -> tuple[nn.Module, Any]:
-            return model_from_checkpoint(load_checkpoint(spec)), None
-
+    checkpoints, original:soundnet8, a .t7 release (anything models.pretrained loads)."""
     try:
         state = load_pretrained(spec)[0].state_dict()
     except (ValueError, OSError) as err:  # CheckpointError, PretrainedError: say which and why
@@ -259,52 +589,75 @@ def init_weights(model: nn.Module, spec: str) -> None:
 # Validation: the student's KL and top-1 agreement per head, beside the prior baseline
 
 
+@dataclass
+class ValSums(Summed):
+    samples: torch.Tensor
+    rows: torch.Tensor  # teacher rows scored: batch x steps
+    kl: dict[str, torch.Tensor]  # per head: the student's KL(teacher || student), summed
+    top1: dict[str, torch.Tensor]  # the student's argmax agreeing with the teacher's
+    prior_kl: dict[str, torch.Tensor]  # the same for always predicting the prior
+    prior_top1: dict[str, torch.Tensor]
+    mse: torch.Tensor  # the autoencoder's reconstruction MSE, summed over samples
+    silence_mse: torch.Tensor  # ... and that of predicting silence
+
+    @classmethod
+    def zeros(cls, heads: list[str], device: torch.device) -> ValSums:
+        def zero() -> torch.Tensor:
+            return torch.zeros((), dtype=torch.float64, device=device)
+
+        per_head = [{h: zero() for h in heads} for _ in range(4)]
+        return cls(zero(), zero(), *per_head, zero(), zero())
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
     loader: Any,
-    prior: dict[str, torch.Tensor],
+    prior: Prior,
     device: torch.device,
     max_batches: int,
     autocast: Any,
 ) -> dict[str, Any]:
-    """Sums over this rank's shards, all-reduced: per head the student's mean KL(teacher ||
-    student) and top-1 agreement with the teacher, and the same for always predicting `prior`
-    (the mean training distribution), so one sees whether the student learned anything."""
+    """This rank's shards, summed over the ranks: per head the student's mean KL(teacher ||
+    student) and top-1 agreement with the teacher beside those of always predicting `prior`
+    (the autoencoder: its reconstruction MSE beside predicting silence)."""
     model.eval()
-    heads = list(prior)
-    sums = torch.zeros(len(heads) * 4 + 2, dtype=torch.float64, device=device)
+    distributions = prior.distributions()
+    heads = list(distributions)
+    sums = ValSums.zeros(heads, device)
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
         wave = batch["wave"].to(device)
         with autocast:
             out = model(wave)
-        sums[-1] += len(wave)
-        if not heads:  # autoencoder: reconstruction MSE beside predicting silence
-            sums[0] += reconstruction_loss(out, wave).double() * len(wave)
-            sums[1] += reconstruction_loss(torch.zeros_like(wave), wave).double() * len(wave)
+        sums.samples += len(wave)
+        if not heads:
+            sums.mse += reconstruction_loss(out, wave).double() * len(wave)
+            sums.silence_mse += reconstruction_loss(torch.zeros_like(wave), wave).double() * len(
+                wave
+            )
             continue
-        for j, head in enumerate(heads):
+        for head in heads:
             p = batch["targets"][head].to(device)
             log_q = out[head].float()
-            log_prior = prior[head].log().to(device).expand_as(p)
+            log_prior = distributions[head].log().to(device).expand_as(p)
             teacher_top = p.argmax(-1)
-            sums[4 * j + 0] += kl_divergence(log_q, p).sum().double()
-            sums[4 * j + 1] += (log_q.argmax(-1) == teacher_top).sum().double()
-            sums[4 * j + 2] += kl_divergence(log_prior, p).sum().double()
-            sums[4 * j + 3] += (log_prior.argmax(-1) == teacher_top).sum().double()
-        sums[-2] += p.shape[0] * p.shape[1]
+            sums.kl[head] += kl_divergence(log_q, p).sum().double()
+            sums.top1[head] += (log_q.argmax(-1) == teacher_top).sum().double()
+            sums.prior_kl[head] += kl_divergence(log_prior, p).sum().double()
+            sums.prior_top1[head] += (log_prior.argmax(-1) == teacher_top).sum().double()
+        sums.rows += p.shape[0] * p.shape[1]
     model.train()
-    sums = all_sum(sums).tolist()
-    samples, rows = int(sums[-1]), max(1.0, sums[-2])
+    total: ValSums = sums.all_sum()
+    samples, rows = int(total.samples), max(1.0, total.rows.item())
     if not heads:
-        return {"samples": samples, "mse": sums[0] / max(1, samples),
-                "silence_mse": sums[1] / max(1, samples)}  # fmt: skip
+        return {"samples": samples, "mse": total.mse.item() / max(1, samples),
+                "silence_mse": total.silence_mse.item() / max(1, samples)}  # fmt: skip
     record: dict[str, Any] = {"samples": samples}
-    for j, head in enumerate(heads):
-        kl, top1, prior_kl, prior_top1 = (sums[4 * j + k] / rows for k in range(4))
-        record[head] = {"kl": kl, "top1": top1, "prior_kl": prior_kl, "prior_top1": prior_top1}
+    for head in heads:
+        record[head] = {name: getattr(total, name)[head].item() / rows
+                        for name in ("kl", "top1", "prior_kl", "prior_top1")}  # fmt: skip
     record["loss"] = sum(record[h]["kl"] for h in heads) / len(heads)
     return record
 
@@ -313,215 +666,86 @@ def validate(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # --- options, and this process's place in the run
     args = build_parser().parse_args(argv)
     rank, world, device = setup_device(args.device)
     is_main = rank == 0
-    logging.basicConfig(
-        level=logging.INFO if is_main else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-    )
+    setup_logging(rank)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed + rank)
-    random.seed(args.seed + rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed crop length: pick the fastest kernels
+    seed_process(args.seed + rank, device)
 
-    # --- data: which shards, which heads, their label names
-    try:
-        source = data.resolve_shards(args.shards)
-        val_source = data.resolve_shards(args.val_shards) if args.val_shards else None
-        found = data.inspect_heads(source.urls)
-    except data.ShardSpecError as err:
-        raise SystemExit(f"--shards: {err}") from err
-    wanted = [h for h in args.heads.split(",") if h] or list(found)
-    unknown = [h for h in wanted if h not in found]
-    if unknown:
-        raise SystemExit(f"--heads {unknown}: the shards have {sorted(found)}")
-    heads = {h: found[h].num_classes for h in wanted}
-    labels = data.read_label_names(source, heads)
-    distil = args.arch != "autoencoder"
-    crop_steps = round(args.crop_seconds / data.STEP_SECONDS)
-    if crop_steps < 1 or abs(crop_steps * data.STEP_SECONDS - args.crop_seconds) > 1e-6:
-        raise SystemExit(f"--crop-seconds {args.crop_seconds}: must be a multiple of 5 s")
-    if not args.resample and len(source.urls) < world * max(1, args.workers):
-        raise SystemExit(
-            f"--no-resample splits {len(source.urls)} shards between {world} ranks x "
-            f"{max(1, args.workers)} workers: some would get none; resample, or use fewer workers"
-        )
+    # --- data: which shards, which heads, their class names and frame interval
+    shards = open_shards(args, world)
+    heads, distil = shards.heads, args.arch != "autoencoder"  # the autoencoder: no teacher rows
 
-    # --- model and optimiser, fresh or resumed
+    # --- model and optimiser: fresh, --init, or resumed; crops in its output steps
     model = build_model(args.arch, heads)
-    if isinstance(model, SoundNet) and model.output_steps(crop_steps * data.STEP_SAMPLES) != (
-        crop_steps
-    ):
-        steps_out = model.output_steps(crop_steps * data.STEP_SAMPLES)
-        raise SystemExit(
-            f"--crop-seconds {args.crop_seconds}: {args.arch} gives {steps_out} output steps for "
-            f"{crop_steps} teacher frames; they must match one-to-one (20 s gives 4)"
-        )
+    crop_steps = crop_steps_of(args, model)
+    if distil:
+        check_frame_intervals(shards, model)
     model.to(device)  # before the optimiser, so that its resumed state lands on the device
-    optimizer = torch.optim.Adam(
-        model.parameters(), args.lr, betas=(args.beta1, args.beta2), weight_decay=args.weight_decay
-    )
-    # the prior baseline: the mean teacher distribution of everything trained on so far
-    prior_sum = {h: torch.zeros(n, dtype=torch.float64) for h, n in heads.items()} if distil else {}
-    prior_rows = 0
-    start = 0
-    last_path = out / LAST
-    if args.resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        if ckpt["arch"] != args.arch or ckpt["heads"] != (heads if distil else {}):
-            raise SystemExit(
-                f"--resume: {last_path} is {ckpt['arch']} with heads {ckpt['heads']}; this run "
-                f"is {args.arch} with {heads}: pass the same --arch and --heads"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
-        prior_sum = {h: t.double() for h, t in ckpt["prior"]["sum"].items()}
-        prior_rows = int(ckpt["prior"]["rows"])
-        states = ckpt["rng"]
-        if len(states) == world:  # the same ranks again: each continues its own streams
-            restore_rng(states[rank])
-        log.info("resumed from %s at step %d", last_path, start)
+    optimizer = torch.optim.Adam(model.parameters(), args.lr, betas=(args.beta1, args.beta2),
+                                 weight_decay=args.weight_decay)  # fmt: skip
+    checkpoints = Checkpoints(out, model, optimizer, args, shards.labels if distil else {}, world,
+                              is_main)  # fmt: skip
+    start, prior = 0, Prior.empty(heads if distil else {})
+    if args.resume and checkpoints.last.is_file():
+        start, prior = checkpoints.resume(heads, rank)
     elif args.resume:
-        log.info("--resume: no %s yet, starting fresh", last_path)
+        log.info("--resume: no %s yet, starting fresh", checkpoints.last)
     elif args.init:
         init_weights(model, args.init)
-    starts = gather(start)
-    if len(set(starts)) > 1:  # e.g. nodes that do not share --out: they would hang in DDP
-        raise SystemExit(
-            f"ranks would start at different steps {starts}: --out must be a directory that "
-            f"every node sees (a shared file system), so that --resume reads the same {LAST}"
-        )
+    checkpoints.agree_on(start)
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
         if dist.is_initialized():
             dist.destroy_process_group()
         return
     raw_model = model
-    if world > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    )
+    model, autocast, use_bf16 = parallel(model, world, device, args.precision)
 
     # --- loaders: a different stream per rank, worker and resumed start
-    loader = data.make_loader(
-        source.urls, list(heads), args.batch_size, steps=crop_steps, resample=args.resample,
-        seed=args.seed + 7919 * start, shuffle_buffer=args.shuffle_buffer,
-        workers=args.workers, pin_memory=device.type == "cuda",
-    )  # fmt: skip
-    batches = iter(loader)
-
-    def val_loader() -> Any:
-        return data.make_loader(
-            val_source.urls, list(heads), args.batch_size, steps=crop_steps, train=False,
-            workers=min(args.workers, len(val_source.urls)),
-        )  # fmt: skip
-
+    crops = {"heads": list(heads) if distil else [], "batch_size": args.batch_size,
+             "steps": crop_steps, "step_samples": raw_model.step_samples}  # fmt: skip
+    batches = iter(data.make_loader(
+        shards.train.urls, **crops, resample=args.resample, seed=args.seed + 7919 * start,
+        shuffle_buffer=args.shuffle_buffer, workers=args.workers,
+        pin_memory=device.type == "cuda",
+    ))  # fmt: skip
     metrics = Metrics(out, is_main, args.tensorboard, start if args.resume else None)
-    if is_main:
-        log.info(
-            "%s, heads %s, %d parameters; %d shards; %d rank(s) on %s%s; steps %d..%d",
-            args.arch, heads, sum(p.numel() for p in raw_model.parameters()), len(source.urls),
-            world, device, " (bf16)" if use_bf16 else "", start + 1, args.steps,
-        )  # fmt: skip
+    log.info("%s, heads %s, %d parameters; %d shards; %d rank(s) on %s%s; steps %d..%d",
+             args.arch, heads, sum(p.numel() for p in raw_model.parameters()),
+             len(shards.train.urls), world, device, " (bf16)" if use_bf16 else "", start + 1,
+             args.steps)  # fmt: skip
 
-    def save(step: int) -> None:
-        """step-N.pt and last.pt, refusing non-finite weights; every rank gives its RNG."""
-        rngs = gather(capture_rng())
-        # every rank checks (the weights are the same everywhere), so all stop together
-        if not all(torch.isfinite(t).all() for t in raw_model.state_dict().values()):
-            raise NonFiniteLoss(f"step {step}: the weights are not finite; not saving")
-        if not is_main:
-            return
-        path = out / f"step-{step}.pt"
-        save_checkpoint(
-            path, raw_model, args.arch, labels if distil else {}, step=step,
-            optimizer=optimizer.state_dict(), rng=rngs, config=vars(args), world_size=world,
-            prior={"sum": {h: t.float() for h, t in prior_sum.items()}, "rows": prior_rows},
-        )  # fmt: skip
-        publish_last(path, last_path)
-        if args.keep_checkpoints:
-            old = sorted(out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-            for stale in old[: -args.keep_checkpoints]:
-                stale.unlink()
-
-    # --- the loop
+    # --- the loop: one batch, one step, one all-reduce of its statistics
     bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (is_main and args.progress))  # fmt: skip
-    shards_read: Counter[str] = Counter()
-    skipped = {"shards": 0, "samples": 0}
-    reported: set[str] = set()
-    window = {"loss": 0.0, "steps": 0, **{f"loss_{h}": 0.0 for h in heads}}
-    skipped_in_a_row, samples_seen, began = 0, 0, time.time()
-    tick = time.time()
-    step = start
+    data_log, window = DataLog(metrics, rank), TrainWindow(list(heads))
+    skipped_in_a_row, samples_seen, began, step = 0, 0, time.time(), start
     try:
         for step in range(start + 1, args.steps + 1):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise SystemExit(f"trainer: the shard stream {args.shards} ended") from None
-            events = batch["events"]
-            shards_read.update(events["shards"])
-            for url, message in events["shard_errors"] + events["sample_errors"]:
-                if url not in reported:  # one line per bad shard in metrics.jsonl
-                    reported.add(url)
-                    metrics.write({"kind": "data_error", "step": step, "url": url,
-                                   "error": message, "rank": rank})  # fmt: skip
+            batch = next(batches, None)
+            if batch is None:
+                raise SystemExit(f"trainer: the shard stream {args.shards} ended")
+            data_log.note(batch["events"], step)
             wave = batch["wave"].to(device, non_blocking=True)
             targets = {h: t.to(device, non_blocking=True) for h, t in batch["targets"].items()}
-            lr = learning_rate(step, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
+            lr = set_learning_rate(optimizer, step, args)
             with autocast:
                 output = model(wave)
             if distil:
                 loss, per_head = distillation_loss(output, targets, args.loss)
             else:
                 loss, per_head = reconstruction_loss(output, wave), {}
-
-            # one all-reduce per step: loss parts, non-finite flag, data counts, prior sums
-            row_sums = [targets[h].sum(dim=(0, 1)).double() for h in prior_sum]
-            local = torch.cat([
-                torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double(),
-                             torch.tensor(float(len(events["shard_errors"])), device=device),
-                             torch.tensor(float(len(events["sample_errors"])), device=device)]),
-                torch.stack([v.detach().double() for v in per_head.values()])
-                if per_head else torch.zeros(0, dtype=torch.float64, device=device),
-                *row_sums,
-            ])  # fmt: skip
-            total = all_sum(local).cpu()
-            skipped["shards"] += int(total[2])
-            skipped["samples"] += int(total[3])
-
-            finite = total[1] == 0  # the same answer on every rank, so all act alike
-            if not finite:
-                message = (
-                    f"step {step}: the loss is not finite ({loss.item()} on rank {rank}; "
-                    f"per head { ({h: v.item() for h, v in per_head.items()}) }, lr {lr:g})"
-                )
-                if args.on_nonfinite == "stop":
-                    raise NonFiniteLoss(
-                        f"{message}. Stopped without saving; the last good checkpoint is "
-                        f"{last_path if last_path.exists() else 'none'}. Try a lower --lr, "
-                        "--grad-clip, or --on-nonfinite skip"
-                    )
+            total: StepStats = StepStats.of(loss, per_head, targets, batch["events"]).all_sum()
+            data_log.count(total)
+            finite = total.nonfinite.item() == 0  # the same answer on every rank: all act alike
+            if not finite:  # stops the run, or logs the step as skipped
                 skipped_in_a_row += 1
-                metrics.write({"kind": "skip", "step": step, "reason": message})
-                log.warning("%s: skipped", message)
-                if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
-                    raise NonFiniteLoss(f"{skipped_in_a_row} non-finite steps in a row; stopping")
-
+                nonfinite_step(args, step, loss, per_head, lr, rank, checkpoints.last, metrics,
+                               skipped_in_a_row)  # fmt: skip
             loss.backward()  # also when skipping: keeps DDP's gradient reducer in step
             if finite:
                 if args.grad_clip:
@@ -529,45 +753,30 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.step()
                 skipped_in_a_row = 0
                 samples_seen += len(wave) * world
-                offset = 4 + len(per_head)
-                for h in prior_sum:
-                    prior_sum[h] += total[offset : offset + len(prior_sum[h])]
-                    offset += len(prior_sum[h])
-                prior_rows += len(wave) * world * crop_steps
-                window["loss"] += total[0].item() / world
-                for j, h in enumerate(per_head):
-                    window[f"loss_{h}"] += total[4 + j].item() / world
-                window["steps"] += 1
+                prior.add(total.teacher_sums, len(wave) * world * crop_steps)
+                window.add(total, world)
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
 
+            # logging, validation and checkpoints; their time is not training time
             last_step = step == args.steps
-            if (step % args.log_every == 0 or last_step) and window["steps"]:
-                elapsed = time.time() - tick
-                n = window.pop("steps")
-                rate = n * args.batch_size * world / max(elapsed, 1e-9)
-                record = {"kind": "train", "step": step, **{k: v / n for k, v in window.items()},
-                          "lr": lr, "samples_per_s": rate, "samples": samples_seen,
-                          "skipped_shards": skipped["shards"],
-                          "skipped_samples": skipped["samples"],
-                          "time_s": time.time() - began}  # fmt: skip
+            if (step % args.log_every == 0 or last_step) and window.steps:
+                record = window.record(step, lr, args.batch_size * world, samples=samples_seen,
+                                       **data_log.totals(), time_s=time.time() - began)  # fmt: skip
                 metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.1f}")
-                window = {k: 0.0 for k in window} | {"steps": 0}
-                tick = time.time()
-            if val_source is not None and (
-                last_step or (args.val_every and step % args.val_every == 0)
-            ):
-                prior = {h: (s / max(1, prior_rows)).float() for h, s in prior_sum.items()}
-                result = validate(raw_model, val_loader(), prior, device, args.val_batches,
-                                  autocast)  # fmt: skip
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                samples_s=f"{record['samples_per_s']:.1f}")  # fmt: skip
+            if shards.val and (last_step or (args.val_every and step % args.val_every == 0)):
+                loader = data.make_loader(shards.val.urls, **crops, train=False,
+                                          workers=min(args.workers, len(shards.val.urls)))  # fmt: skip
+                result = validate(raw_model, loader, prior, device, args.val_batches, autocast)
                 metrics.write({"kind": "val", "step": step, **result})
                 if is_main:
                     log.info("step %d validation: %s", step, json.dumps(result))
-                tick = time.time()  # validation time is not training time
+                window.tick = time.time()
             if last_step or (args.checkpoint_every and step % args.checkpoint_every == 0):
-                save(step)
-                tick = time.time()
+                checkpoints.save(step, prior)
+                window.tick = time.time()
     except NonFiniteLoss as err:
         raise SystemExit(f"trainer: {err}") from err
     finally:
@@ -575,18 +784,16 @@ def main(argv: list[str] | None = None) -> None:
         metrics.close()
 
     # --- a machine-readable record of the run
-    per_rank = gather({"rank": rank, "shards_read": dict(shards_read)})
+    per_rank = gather({"rank": rank, "shards_read": dict(data_log.shards_read)})
     if is_main:
-        record = {
+        write_text_atomic(out / "run.json", json.dumps({
             "config": vars(args), "world_size": world, "device": str(device),
             "bf16": use_bf16, "start_step": start, "end_step": step,
-            "samples": samples_seen, "seconds": time.time() - began,
-            "skipped_shards": skipped["shards"], "skipped_samples": skipped["samples"],
-            "heads": heads, "shards": len(source.urls), "ranks": per_rank,
+            "samples": samples_seen, "seconds": time.time() - began, **data_log.totals(),
+            "heads": heads, "shards": len(shards.train.urls), "ranks": per_rank,
             "torch": torch.__version__,
-        }  # fmt: skip
-        write_text_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
-        log.info("done: step %d, %s", step, out / LAST)
+        }, indent=2) + "\n")  # fmt: skip
+        log.info("done: step %d, %s", step, checkpoints.last)
     if dist.is_initialized():
         dist.destroy_process_group()
 
