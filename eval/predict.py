@@ -48,8 +48,8 @@ def predict_wave(
 ) -> dict[str, Any]:
     """Predictions for one mono 22050 Hz waveform (float in [-1, 1])."""
     duration = len(wave) / SAMPLE_RATE
-    segment, step_s = TRAINING_CROP_SAMPLES, model.step_samples / SAMPLE_RATE
-    pieces = [tile(wave[s : s + segment], segment) for s in range(0, len(wave), segment)]
+    crop, step_s = TRAINING_CROP_SAMPLES, model.step_samples / SAMPLE_RATE
+    pieces = [tile(wave[s : s + crop], crop) for s in range(0, len(wave), crop)]
     probs: dict[str, list[torch.Tensor]] = {head: [] for head in model.head_sizes}
     with torch.inference_mode():
         for i in range(0, len(pieces), BATCH):
@@ -59,7 +59,7 @@ def predict_wave(
     heads = {}
     for head, per_segment in probs.items():
         steps = [
-            (k * segment / SAMPLE_RATE + j * step_s, p)
+            (k * crop / SAMPLE_RATE + j * step_s, p)
             for k, segment in enumerate(per_segment)
             for j, p in enumerate(segment)
         ]
@@ -77,7 +77,7 @@ def predict_wave(
                 for start, p in shown
             ],
         }
-    return {"duration_s": round(duration, 3), "tiled": len(wave) % segment != 0, "heads": heads}
+    return {"duration_s": round(duration, 3), "tiled": len(wave) % crop != 0, "heads": heads}
 
 
 def _row(items: Sequence[Mapping[str, Any]]) -> str:

@@ -169,6 +169,11 @@ def setup_device(choice: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def setup_logging(rank: int) -> None:
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
@@ -502,6 +507,15 @@ class Checkpoints:
         return int(ckpt["step"]), Prior.from_state(ckpt["prior"])
 
 
+def run_record(
+    args: argparse.Namespace, shards: Shards, data_log: DataLog, ranks: list, **progress: Any
+) -> dict[str, Any]:
+    """RUN/run.json: the config, how the run went, what it skipped and which shards it read."""
+    return {"config": vars(args), **progress, **data_log.totals(), "heads": shards.heads,
+            "shards": len(shards.train.urls), "ranks": ranks,
+            "torch": torch.__version__}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Data and model: crops in the model's steps, teacher frames aligned to them, --init
 
@@ -557,7 +571,10 @@ def crop_steps_of(args: argparse.Namespace, model: nn.Module) -> int:
 
 
 def check_frame_intervals(shards: Shards, model: nn.Module) -> None:
-    """Refuse, before any step, shards whose frame interval does not divide the model's step."""
+    """Refuse, before any step, shards whose frame interval does not divide the model's step
+    (the autoencoder reads no teacher rows: any interval will do)."""
+    if not model.head_sizes:
+        return
     for option, info in (("--shards", shards.found), ("--val-shards", shards.val_found)):
         if info is None or info.frame_interval_s is None:
             continue  # no samples, or each read so far is labelled as a whole
@@ -682,8 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     # --- model and optimiser: fresh, --init, or resumed; crops in its output steps
     model = build_model(args.arch, heads)
     crop_steps = crop_steps_of(args, model)
-    if distil:
-        check_frame_intervals(shards, model)
+    check_frame_intervals(shards, model)
     model.to(device)  # before the optimiser, so that its resumed state lands on the device
     optimizer = torch.optim.Adam(model.parameters(), args.lr, betas=(args.beta1, args.beta2),
                                  weight_decay=args.weight_decay)  # fmt: skip
@@ -699,9 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints.agree_on(start)
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        return
+        return leave_process_group()
     raw_model = model
     model, autocast, use_bf16 = parallel(model, world, device, args.precision)
 
@@ -710,8 +724,7 @@ def main(argv: list[str] | None = None) -> None:
              "steps": crop_steps, "step_samples": raw_model.step_samples}  # fmt: skip
     batches = iter(data.make_loader(
         shards.train.urls, **crops, resample=args.resample, seed=args.seed + 7919 * start,
-        shuffle_buffer=args.shuffle_buffer, workers=args.workers,
-        pin_memory=device.type == "cuda",
+        shuffle_buffer=args.shuffle_buffer, workers=args.workers, pin_memory=device.type == "cuda",
     ))  # fmt: skip
     metrics = Metrics(out, is_main, args.tensorboard, start if args.resume else None)
     log.info("%s, heads %s, %d parameters; %d shards; %d rank(s) on %s%s; steps %d..%d",
@@ -767,12 +780,11 @@ def main(argv: list[str] | None = None) -> None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 samples_s=f"{record['samples_per_s']:.1f}")  # fmt: skip
             if shards.val and (last_step or (args.val_every and step % args.val_every == 0)):
-                loader = data.make_loader(shards.val.urls, **crops, train=False,
-                                          workers=min(args.workers, len(shards.val.urls)))  # fmt: skip
+                workers = min(args.workers, len(shards.val.urls))
+                loader = data.make_loader(shards.val.urls, **crops, train=False, workers=workers)
                 result = validate(raw_model, loader, prior, device, args.val_batches, autocast)
                 metrics.write({"kind": "val", "step": step, **result})
-                if is_main:
-                    log.info("step %d validation: %s", step, json.dumps(result))
+                log.info("step %d validation: %s", step, json.dumps(result))  # rank 0 logs info
                 window.tick = time.time()
             if last_step or (args.checkpoint_every and step % args.checkpoint_every == 0):
                 checkpoints.save(step, prior)
@@ -784,18 +796,14 @@ def main(argv: list[str] | None = None) -> None:
         metrics.close()
 
     # --- a machine-readable record of the run
-    per_rank = gather({"rank": rank, "shards_read": dict(data_log.shards_read)})
+    ranks = gather({"rank": rank, "shards_read": dict(data_log.shards_read)})
     if is_main:
-        write_text_atomic(out / "run.json", json.dumps({
-            "config": vars(args), "world_size": world, "device": str(device),
-            "bf16": use_bf16, "start_step": start, "end_step": step,
-            "samples": samples_seen, "seconds": time.time() - began, **data_log.totals(),
-            "heads": heads, "shards": len(shards.train.urls), "ranks": per_rank,
-            "torch": torch.__version__,
-        }, indent=2) + "\n")  # fmt: skip
+        write_text_atomic(out / "run.json", json.dumps(run_record(
+            args, shards, data_log, ranks, world_size=world, device=str(device), bf16=use_bf16,
+            start_step=start, end_step=step, samples=samples_seen, seconds=time.time() - began,
+        ), indent=2) + "\n")  # fmt: skip
         log.info("done: step %d, %s", step, checkpoints.last)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":
