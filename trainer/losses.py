@@ -23,6 +23,10 @@ from models.layers import WAVE_SCALE, prepare_waveform
 LOSSES = ("kl", "l2")
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss or weights that are NaN or infinite: the run stops (or skips the step)."""
+
+
 def kl_divergence(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last axis, with 0 log 0 = 0: sum_c p_c (log p_c - log q_c)."""
     return (torch.xlogy(p, p) - p * log_q).sum(dim=-1)

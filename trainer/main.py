@@ -12,15 +12,16 @@ its own shards). The run directory gets:
     RUN/run.json                 config, world size, timings, the shards each rank read
     RUN/tensorboard/             the same numbers, when tensorboard is installed
 
-The file reads top to bottom: options, the pieces of a run (process group, step statistics,
-the prior baseline, metrics, checkpoints, validation), then `main`: options -> data -> model
-(fresh, --init or resumed) -> the loop -> the record.
+The file reads top to bottom: options, the checks on data and model, then `main`: options ->
+data -> model (fresh, --init or resumed) -> the loop -> the record. The pieces of a run live
+beside it: trainer/distributed.py (the process group, one all-reduce a step), trainer/stats.py
+(step statistics, the prior baseline, metrics), trainer/state.py (checkpoints, resuming),
+trainer/validate.py, trainer/data.py (shards to aligned crops), trainer/losses.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -28,32 +29,28 @@ import os
 import random
 import sys
 import time
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.pretrained import load_pretrained
 from models.registry import ARCHS, DEFAULT_ARCH, build_model
 from models.soundnet import SoundNet
 from schemas import SAMPLE_RATE, FrameIntervalError, frames_per_step
-from schemas.io import atomic_path, write_text_atomic
+from schemas.io import write_text_atomic
 from trainer import data
-from trainer.losses import LOSSES, distillation_loss, kl_divergence, reconstruction_loss
-from trainer.rng import capture_rng, restore_rng
+from trainer.distributed import gather, leave_process_group, parallel, setup_device
+from trainer.losses import LOSSES, NonFiniteLoss, distillation_loss, reconstruction_loss
+from trainer.state import Checkpoints
+from trainer.stats import DataLog, Metrics, Prior, StepStats, TrainWindow, run_record
+from trainer.validate import validate
 
 log = logging.getLogger("trainer")
 
-LAST = "last.pt"
-METRICS = "metrics.jsonl"
 MAX_SKIPPED_IN_A_ROW = 10
 
 
@@ -124,15 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def set_learning_rate(
-    optimizer: torch.optim.Optimizer, step: int, args: argparse.Namespace
-) -> float:
-    lr = learning_rate(step, args)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
-
 def learning_rate(step: int, args: argparse.Namespace) -> float:
     """Pure function of the step, so a resumed run continues the same schedule."""
     if args.warmup_steps and step <= args.warmup_steps:
@@ -143,35 +131,17 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1, progress)))
 
 
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, step: int, args: argparse.Namespace
+) -> float:
+    lr = learning_rate(step, args)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 # ---------------------------------------------------------------------------------------------
-# The process group, and numbers summed over its ranks
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def setup_device(choice: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group when launched by it."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(choice)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit(f"--device {choice}: CUDA is not available here")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def leave_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+# The process, the data and the model
 
 
 def setup_logging(rank: int) -> None:
@@ -188,336 +158,6 @@ def seed_process(seed: int, device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # fixed crop length: pick the fastest kernels
-
-
-def parallel(
-    model: nn.Module, world: int, device: torch.device, precision: str
-) -> tuple[nn.Module, Any, bool]:
-    """The model as the loop runs it (DDP across ranks), its autocast, and whether bf16."""
-    if world > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    )
-    return model, autocast, use_bf16
-
-
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, on every rank."""
-    if not dist.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-class Summed:
-    """A dataclass of tensors and dicts of tensors; `all_sum` adds them up over the ranks in
-    one all-reduce (packed into one float64 buffer and unpacked by field name)."""
-
-    def all_sum(self) -> Any:
-        named: dict[tuple[str, str | None], torch.Tensor] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            items = value.items() if isinstance(value, dict) else [(None, value)]
-            named |= {(f.name, key): tensor for key, tensor in items}
-        flat = torch.cat([t.detach().double().reshape(-1) for t in named.values()])
-        if dist.is_initialized():
-            dist.all_reduce(flat)
-        parts = dict(zip(named, flat.cpu().split([t.numel() for t in named.values()]), strict=True))
-        summed = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            keys = list(value) if isinstance(value, dict) else [None]
-            shaped = {k: parts[(f.name, k)].reshape(named[(f.name, k)].shape) for k in keys}
-            summed[f.name] = shaped if isinstance(value, dict) else shaped[None]
-        return type(self)(**summed)
-
-
-@dataclass
-class StepStats(Summed):
-    """One training step's numbers on this rank (or, after `all_sum`, over all ranks)."""
-
-    loss: torch.Tensor
-    nonfinite: torch.Tensor  # 1 where the loss is NaN or infinite
-    shard_errors: torch.Tensor  # shards and samples the loader skipped since the last batch
-    sample_errors: torch.Tensor
-    head_loss: dict[str, torch.Tensor] = field(default_factory=dict)
-    teacher_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # for the prior
-
-    @classmethod
-    def of(
-        cls,
-        loss: torch.Tensor,
-        head_loss: Mapping[str, torch.Tensor],
-        targets: Mapping[str, torch.Tensor],
-        events: Mapping[str, list],
-    ) -> StepStats:
-        def count(n: int) -> torch.Tensor:
-            return torch.tensor(float(n), device=loss.device)
-
-        return cls(
-            loss=loss.detach(),
-            nonfinite=(~torch.isfinite(loss.detach())).double(),
-            shard_errors=count(len(events["shard_errors"])),
-            sample_errors=count(len(events["sample_errors"])),
-            head_loss=dict(head_loss),
-            teacher_sums={h: t.sum(dim=(0, 1)) for h, t in targets.items()},
-        )
-
-
-@dataclass
-class Prior:
-    """The prior baseline: always predicting the mean teacher distribution of everything
-    trained on so far, so that validation shows whether the student learned anything."""
-
-    sums: dict[str, torch.Tensor]  # per head, the teacher rows trained on, summed (float64)
-    rows: int = 0
-
-    @classmethod
-    def empty(cls, heads: Mapping[str, int]) -> Prior:
-        return cls({h: torch.zeros(n, dtype=torch.float64) for h, n in heads.items()})
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> Prior:
-        return cls({h: t.double() for h, t in state["sum"].items()}, int(state["rows"]))
-
-    def add(self, sums: Mapping[str, torch.Tensor], rows: int) -> None:
-        for head in self.sums:
-            self.sums[head] += sums[head]
-        self.rows += rows
-
-    def distributions(self) -> dict[str, torch.Tensor]:
-        return {h: (s / max(1, self.rows)).float() for h, s in self.sums.items()}
-
-    def state(self) -> dict[str, Any]:
-        """What checkpoints keep of it."""
-        return {"sum": {h: t.float() for h, t in self.sums.items()}, "rows": self.rows}
-
-
-# ---------------------------------------------------------------------------------------------
-# What a run writes: metrics, the loaders' reports, checkpoints
-
-
-class Metrics:
-    """RUN/metrics.jsonl (appended; on resume, lines past the checkpoint are dropped) and
-    TensorBoard scalars. Only rank 0 writes."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None):
-        self.path, self.enabled, self.tb = out / METRICS, enabled, None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
-        elif self.path.is_file():
-            self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.info("tensorboard is not installed: metrics.jsonl only")
-            else:
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for name, value in flatten(record).items():
-                if isinstance(value, int | float) and name != "step":
-                    self.tb.add_scalar(f"{record['kind']}/{name}", value, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-class TrainWindow:
-    """The steps since the last `train` line of metrics.jsonl: their mean losses and speed."""
-
-    def __init__(self, heads: list[str]):
-        self.heads = heads
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.head_loss, self.steps = 0.0, dict.fromkeys(self.heads, 0.0), 0
-        self.tick = time.time()
-
-    def add(self, total: StepStats, world: int) -> None:
-        self.loss += total.loss.item() / world
-        for head, value in total.head_loss.items():
-            self.head_loss[head] += value.item() / world
-        self.steps += 1
-
-    def record(self, step: int, lr: float, samples_per_step: int, **totals: Any) -> dict[str, Any]:
-        """The `train` line of these steps: mean losses, lr, samples/s, then the run's totals;
-        the window starts again."""
-        n = self.steps
-        rate = n * samples_per_step / max(time.time() - self.tick, 1e-9)
-        losses = {"loss": self.loss / n, **{f"loss_{h}": v / n for h, v in self.head_loss.items()}}
-        self.reset()
-        return {"kind": "train", "step": step, **losses, "lr": lr, "samples_per_s": rate, **totals}
-
-
-def nonfinite_step(
-    args: argparse.Namespace,
-    step: int,
-    loss: torch.Tensor,
-    per_head: Mapping[str, torch.Tensor],
-    lr: float,
-    rank: int,
-    last: Path,
-    metrics: Metrics,
-    skipped_in_a_row: int,
-) -> None:
-    """A NaN/inf loss: stop without saving, or (--on-nonfinite skip) log the skipped step."""
-    message = (
-        f"step {step}: the loss is not finite ({loss.item()} on rank {rank}; "
-        f"per head { ({h: v.item() for h, v in per_head.items()}) }, lr {lr:g})"
-    )
-    if args.on_nonfinite == "stop":
-        raise NonFiniteLoss(
-            f"{message}. Stopped without saving; the last good checkpoint is "
-            f"{last if last.exists() else 'none'}. Try a lower --lr, --grad-clip, or "
-            "--on-nonfinite skip"
-        )
-    metrics.write({"kind": "skip", "step": step, "reason": message})
-    log.warning("%s: skipped", message)
-    if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
-        raise NonFiniteLoss(f"{skipped_in_a_row} non-finite steps in a row; stopping")
-
-
-class DataLog:
-    """What the loaders report with each batch: the shards read (for run.json), and bad shards
-    and samples (counted, and one `data_error` line per shard in metrics.jsonl)."""
-
-    def __init__(self, metrics: Metrics, rank: int):
-        self.metrics, self.rank = metrics, rank
-        self.shards_read: Counter[str] = Counter()
-        self.reported: set[str] = set()
-        self.skipped = {"shards": 0, "samples": 0}
-
-    def note(self, events: Mapping[str, list], step: int) -> None:
-        self.shards_read.update(events["shards"])
-        for url, message in events["shard_errors"] + events["sample_errors"]:
-            if url not in self.reported:
-                self.reported.add(url)
-                self.metrics.write({"kind": "data_error", "step": step, "url": url,
-                                    "error": message, "rank": self.rank})  # fmt: skip
-
-    def totals(self) -> dict[str, int]:
-        return {
-            "skipped_shards": self.skipped["shards"],
-            "skipped_samples": self.skipped["samples"],
-        }
-
-    def count(self, total: StepStats) -> None:
-        """Every rank's skips, summed in the step's all-reduce."""
-        self.skipped["shards"] += int(total.shard_errors)
-        self.skipped["samples"] += int(total.sample_errors)
-
-
-def publish_last(step_path: Path, last: Path) -> None:
-    """last.pt = step-N.pt, atomically (a hard link where the file system has them)."""
-    with atomic_path(last) as tmp:
-        try:
-            os.link(step_path, tmp)
-        except OSError:
-            tmp.write_bytes(step_path.read_bytes())
-
-
-@dataclass
-class Checkpoints:
-    """RUN/step-N.pt and RUN/last.pt: the model, optimiser, step, every rank's RNG, the prior,
-    the config; only rank 0 writes."""
-
-    out: Path
-    model: nn.Module  # unwrapped from DDP
-    optimizer: torch.optim.Optimizer
-    args: argparse.Namespace
-    labels: dict[str, list[str]]
-    world: int
-    is_main: bool
-
-    @property
-    def last(self) -> Path:
-        return self.out / LAST
-
-    def save(self, step: int, prior: Prior) -> None:
-        rngs = gather(capture_rng())
-        # every rank checks (the weights are the same everywhere), so all stop together
-        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()):
-            raise NonFiniteLoss(f"step {step}: the weights are not finite; not saving")
-        if not self.is_main:
-            return
-        path = self.out / f"step-{step}.pt"
-        save_checkpoint(
-            path, self.model, self.args.arch, self.labels, step=step,
-            optimizer=self.optimizer.state_dict(), rng=rngs, config=vars(self.args),
-            world_size=self.world, prior=prior.state(),
-        )  # fmt: skip
-        publish_last(path, self.last)
-        if self.args.keep_checkpoints:
-            old = sorted(self.out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-            for stale in old[: -self.args.keep_checkpoints]:
-                stale.unlink()
-
-    def agree_on(self, start: int) -> None:
-        """Every rank must start at the same step, or DDP hangs."""
-        starts = gather(start)
-        if len(set(starts)) > 1:  # e.g. nodes that do not share --out
-            raise SystemExit(
-                f"ranks would start at different steps {starts}: --out must be a directory that "
-                f"every node sees (a shared file system), so that --resume reads the same {LAST}"
-            )
-
-    def resume(self, heads: dict[str, int], rank: int) -> tuple[int, Prior]:
-        """Model, optimiser and this rank's RNG from last.pt; its step and prior."""
-        ckpt = load_checkpoint(self.last)
-        if ckpt["arch"] != self.args.arch or ckpt["heads"] != self.model.head_sizes:
-            raise SystemExit(
-                f"--resume: {self.last} is {ckpt['arch']} with heads {ckpt['heads']}; this run "
-                f"is {self.args.arch} with {heads}: pass the same --arch and --heads"
-            )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if len(ckpt["rng"]) == self.world:  # the same ranks again: each continues its streams
-            restore_rng(ckpt["rng"][rank])
-        log.info("resumed from %s at step %d", self.last, ckpt["step"])
-        return int(ckpt["step"]), Prior.from_state(ckpt["prior"])
-
-
-def run_record(
-    args: argparse.Namespace, shards: Shards, data_log: DataLog, ranks: list, **progress: Any
-) -> dict[str, Any]:
-    """RUN/run.json: the config, how the run went, what it skipped and which shards it read."""
-    return {"config": vars(args), **progress, **data_log.totals(), "heads": shards.heads,
-            "shards": len(shards.train.urls), "ranks": ranks,
-            "torch": torch.__version__}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Data and model: crops in the model's steps, teacher frames aligned to them, --init
 
 
 @dataclass(frozen=True)
@@ -602,81 +242,32 @@ def init_weights(model: nn.Module, spec: str) -> None:
     log.info("--init %s: %d tensors loaded; freshly initialised: %s", spec, len(matched), fresh)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation: the student's KL and top-1 agreement per head, beside the prior baseline
-
-
-@dataclass
-class ValSums(Summed):
-    samples: torch.Tensor
-    rows: torch.Tensor  # teacher rows scored: batch x steps
-    kl: dict[str, torch.Tensor]  # per head: the student's KL(teacher || student), summed
-    top1: dict[str, torch.Tensor]  # the student's argmax agreeing with the teacher's
-    prior_kl: dict[str, torch.Tensor]  # the same for always predicting the prior
-    prior_top1: dict[str, torch.Tensor]
-    mse: torch.Tensor  # the autoencoder's reconstruction MSE, summed over samples
-    silence_mse: torch.Tensor  # ... and that of predicting silence
-
-    @classmethod
-    def zeros(cls, heads: list[str], device: torch.device) -> ValSums:
-        def zero() -> torch.Tensor:
-            return torch.zeros((), dtype=torch.float64, device=device)
-
-        per_head = [{h: zero() for h in heads} for _ in range(4)]
-        return cls(zero(), zero(), *per_head, zero(), zero())
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    loader: Any,
-    prior: Prior,
-    device: torch.device,
-    max_batches: int,
-    autocast: Any,
-) -> dict[str, Any]:
-    """This rank's shards, summed over the ranks: per head the student's mean KL(teacher ||
-    student) and top-1 agreement with the teacher beside those of always predicting `prior`
-    (the autoencoder: its reconstruction MSE beside predicting silence)."""
-    model.eval()
-    distributions = prior.distributions()
-    heads = list(distributions)
-    sums = ValSums.zeros(heads, device)
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        wave = batch["wave"].to(device)
-        with autocast:
-            out = model(wave)
-        sums.samples += len(wave)
-        if not heads:
-            sums.mse += reconstruction_loss(out, wave).double() * len(wave)
-            sums.silence_mse += reconstruction_loss(torch.zeros_like(wave), wave).double() * len(
-                wave
-            )
-            continue
-        for head in heads:
-            p = batch["targets"][head].to(device)
-            log_q = out[head].float()
-            log_prior = distributions[head].log().to(device).expand_as(p)
-            teacher_top = p.argmax(-1)
-            sums.kl[head] += kl_divergence(log_q, p).sum().double()
-            sums.top1[head] += (log_q.argmax(-1) == teacher_top).sum().double()
-            sums.prior_kl[head] += kl_divergence(log_prior, p).sum().double()
-            sums.prior_top1[head] += (log_prior.argmax(-1) == teacher_top).sum().double()
-        sums.rows += p.shape[0] * p.shape[1]
-    model.train()
-    total: ValSums = sums.all_sum()
-    samples, rows = int(total.samples), max(1.0, total.rows.item())
-    if not heads:
-        return {"samples": samples, "mse": total.mse.item() / max(1, samples),
-                "silence_mse": total.silence_mse.item() / max(1, samples)}  # fmt: skip
-    record: dict[str, Any] = {"samples": samples}
-    for head in heads:
-        record[head] = {name: getattr(total, name)[head].item() / rows
-                        for name in ("kl", "top1", "prior_kl", "prior_top1")}  # fmt: skip
-    record["loss"] = sum(record[h]["kl"] for h in heads) / len(heads)
-    return record
+def nonfinite_step(
+    args: argparse.Namespace,
+    step: int,
+    loss: torch.Tensor,
+    per_head: Mapping[str, torch.Tensor],
+    lr: float,
+    rank: int,
+    last: Path,
+    metrics: Metrics,
+    skipped_in_a_row: int,
+) -> None:
+    """A NaN/inf loss: stop without saving, or (--on-nonfinite skip) log the skipped step."""
+    message = (
+        f"step {step}: the loss is not finite ({loss.item()} on rank {rank}; "
+        f"per head { ({h: v.item() for h, v in per_head.items()}) }, lr {lr:g})"
+    )
+    if args.on_nonfinite == "stop":
+        raise NonFiniteLoss(
+            f"{message}. Stopped without saving; the last good checkpoint is "
+            f"{last if last.exists() else 'none'}. Try a lower --lr, --grad-clip, or "
+            "--on-nonfinite skip"
+        )
+    metrics.write({"kind": "skip", "step": step, "reason": message})
+    log.warning("%s: skipped", message)
+    if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+        raise NonFiniteLoss(f"{skipped_in_a_row} non-finite steps in a row; stopping")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     ranks = gather({"rank": rank, "shards_read": dict(data_log.shards_read)})
     if is_main:
         write_text_atomic(out / "run.json", json.dumps(run_record(
-            args, shards, data_log, ranks, world_size=world, device=str(device), bf16=use_bf16,
+            args, shards.heads, len(shards.train.urls), data_log, ranks, world_size=world, device=str(device), bf16=use_bf16,
             start_step=start, end_step=step, samples=samples_seen, seconds=time.time() - began,
         ), indent=2) + "\n")  # fmt: skip
         log.info("done: step %d, %s", step, checkpoints.last)
