@@ -6,7 +6,8 @@ read with torchfile, which parses the file without running anything in it.
 
 An nn.Sequential of 1 x k SpatialConvolution, SpatialBatchNormalization, ReLU and
 SpatialMaxPooling modules, then a ConcatTable of the head convolutions (the release's two:
-1000 ImageNet objects, 401 Places2 scenes). `nn.*` and `cudnn.*` class names both work.
+1000 ImageNet objects, 401 Places2 scenes, in that order). `nn.*` and `cudnn.*` class names
+both work.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from models.weights import (
     PretrainedError,
     Weights,
     authors_categories,
-    untrained_categories,
 )
 
 
@@ -135,7 +135,14 @@ def t7_weights(path: str | Path) -> tuple[nn.Module, Weights]:
             f"{path}: {len(convs)} body convolutions and {len(bns)} batch norms fit no known "
             f"architecture ({ {n: len(a.blocks) for n, a in ARCHITECTURES.items()} })"
         )
-    weights = _release_weights(arch, [int(m.nOutputPlane) for m in head_convs], str(path))
+    if len(head_convs) != len(AUTHORS_HEADS):
+        raise PretrainedError(
+            f"{path}: {len(head_convs)} head convolutions; the release has "
+            f"{len(AUTHORS_HEADS)} ({', '.join(AUTHORS_HEADS)})"
+        )
+    # the release's heads and their class names: the model is built to fit them, and a file
+    # whose head convolutions differ is refused below
+    weights = Weights(arch, authors_categories(), str(path))
     model = weights.build()
     state: dict[str, torch.Tensor] = {}
     for spec, conv, bn in zip(model.block_specs, convs, bns, strict=True):
@@ -150,14 +157,3 @@ def t7_weights(path: str | Path) -> tuple[nn.Module, Weights]:
             state[f"heads.{name}.{key}"] = value
     load_state(model, state, str(path))
     return model.eval(), weights
-
-
-def _release_weights(arch: str, head_sizes: list[int], source: str) -> Weights:
-    """The authors' two heads carry their class names; other head tables numbered ones."""
-    if head_sizes == list(AUTHORS_HEADS.values()):
-        return Weights(arch, authors_categories(), source)
-    names = [f"head{i}" for i in range(len(head_sizes))]
-    if len(head_sizes) == 2:
-        names = list(AUTHORS_HEADS)
-    heads = dict(zip(names, head_sizes, strict=True))
-    return Weights(arch, untrained_categories(heads), source)
