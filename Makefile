@@ -24,10 +24,10 @@ WEIGHTS := $(or $(SOUNDNET_CACHE),$(HOME)/.cache/soundnet)/soundnet8_original.pt
 .PHONY: weights
 weights: $(WEIGHTS)
 $(WEIGHTS): | $(STAMP)
-	$(PY) -m trainer.pretrained fetch
+	$(PY) -m models.fetch
 
 demo: setup
-	$(PY) -m pipeline.demo --output $(DEMO_OUT)
+	$(PY) -m recipes.demo --output $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup
@@ -39,7 +39,7 @@ lint: setup
 # The pipeline on a local Dask cluster (scheduler + 2 workers on 127.0.0.1), started and stopped.
 .PHONY: cluster-demo
 cluster-demo: setup
-	$(PY) -m pipeline.cluster_demo
+	$(PY) -m recipes.cluster_demo
 
 bench: setup
 	$(PY) bench/pipeline.py --videos ../shared/data/videos

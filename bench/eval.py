@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from eval.datasets import load_dataset  # noqa: E402
 from eval.features import DEFAULT_SECONDS, extract_features, resolve_layers, set_threads  # noqa: E402
 from eval.svm import clip_samples, cross_validate  # noqa: E402
+from models.pretrained import load_pretrained  # noqa: E402
 from schemas import SAMPLE_RATE  # noqa: E402
-from trainer.pretrained import load_pretrained  # noqa: E402
 
 ESC50_CLIPS = 2000
 BATCH = 4

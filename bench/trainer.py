@@ -21,9 +21,10 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch  # noqa: E402
 
+from models.registry import build_model  # noqa: E402
+from schemas import SAMPLE_RATE  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.losses import distillation_loss  # noqa: E402
-from trainer.model import build_model  # noqa: E402
 
 
 def main() -> None:
@@ -42,13 +43,17 @@ def main() -> None:
     )
     source = data.resolve_shards(args.shards)
     heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
-    steps = round(args.crop_seconds / data.STEP_SECONDS)
+    model = build_model(args.arch, heads).to(device)
+    steps = round(
+        args.crop_seconds * SAMPLE_RATE / model.step_samples
+    )  # crops of the model's steps
     print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
 
     # loader alone (the first batches start the workers and fill the shuffle buffer)
     loader = data.make_loader(
-        source.urls, list(heads), args.batch_size, steps=steps, workers=args.workers
-    )
+        source.urls, list(heads), args.batch_size, steps=steps,
+        step_samples=model.step_samples, workers=args.workers,
+    )  # fmt: skip
     batches = iter(loader)
     batch = next(batches)
     next(batches)
@@ -60,7 +65,6 @@ def main() -> None:
     print(f"loader: {loader_rate:.1f} samples/s ({args.workers} workers)")
 
     # train step alone, on a batch of the same data
-    model = build_model(args.arch, heads).to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.999))
     wave = batch["wave"].to(device)
     targets = {h: t.to(device) for h, t in batch["targets"].items()}

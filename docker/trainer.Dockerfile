@@ -13,6 +13,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY schemas/ schemas/
+COPY models/ models/
 COPY trainer/ trainer/
 COPY eval/ eval/
 ENV PYTHONPATH=/opt/soundnet

@@ -17,8 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from eval.audio import load_audio, tile
+from models.layers import scale_waveform
 from schemas import SAMPLE_RATE
-from trainer.model import scale_waveform
 
 # The paper's per-layer table, in network order; `--layer all` uses those the model has.
 TABLE_LAYERS = ("conv4", "conv5", "pool5", "conv6", "conv7", "conv8")
@@ -52,6 +52,14 @@ def _as_array(output: torch.Tensor | dict[str, torch.Tensor]) -> np.ndarray:
     if isinstance(output, dict):
         output = torch.cat(list(output.values()), dim=1)
     return output.float().cpu().numpy()
+
+
+def mean_max(frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """[..., channels, frames] -> [..., 2 * channels]: each channel's mean and max over time
+    (the pooled SVM protocol's sample, and the HEAR scene embedding)."""
+    if isinstance(frames, torch.Tensor):
+        return torch.cat([frames.mean(dim=-1), frames.amax(dim=-1)], dim=-1)
+    return np.concatenate([frames.mean(axis=-1), frames.max(axis=-1)], axis=-1)
 
 
 def network_features(

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eval.features import mean_max
+from models.layers import scale_waveform
+from models.pretrained import load_pretrained
 from schemas import SAMPLE_RATE
-from trainer.model import scale_waveform
-from trainer.pretrained import load_pretrained
 
 SCENE_LAYER = "pool5"
 TIMESTAMP_LAYER = "conv5"
@@ -70,8 +71,7 @@ def load_model(model_file_path: str = "original:soundnet8") -> SoundNetEmbedding
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: SoundNetEmbedding) -> torch.Tensor:
-    frames = model.layer_features(audio)[model.scene_layer]
-    return torch.cat([frames.mean(dim=2), frames.amax(dim=2)], dim=1)
+    return mean_max(model.layer_features(audio)[model.scene_layer])
 
 
 def get_timestamp_embeddings(

@@ -2,12 +2,13 @@
 
     python -m eval.predict --checkpoint original:soundnet8 FILE... [--top 5] [--json]
 
-FILE is any audio or video file ffmpeg can decode. The audio is cut into 20 s segments, the
-network's training crops, each giving one output step per 5 s (the teachers' frames); a last
-segment shorter than 20 s, or a whole clip, is tiled to 20 s, never a crash, and its steps that
-begin past the end are not shown. Other lengths are worse: the last frame before the head is
+FILE is any audio or video file ffmpeg can decode. The audio is cut into segments of the
+network's training crop (20 s: 4 of its output steps), each step standing for the audio the
+trainer paired with it (the model's `step_samples`, 5 s for SoundNet-8 and SoundNet-5: the
+rows of the teacher frames inside it); a last segment shorter than the crop, or a whole clip,
+is tiled to it, never a crash, and its steps that begin past the end are not shown. Other lengths are worse: the last frame before the head is
 then computed mostly from padding and swamps a step's scores. The whole-clip distribution is
-the mean of the steps' softmax outputs (of all four for a clip of up to 20 s).
+the mean of the steps' softmax outputs (of all of a segment's for a clip within one segment).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from torch import nn
 
 from eval.audio import AudioError, load_audio, tile
 from eval.features import set_threads
+from models.checkpoint import CheckpointError
+from models.layers import scale_waveform
+from models.pretrained import load_pretrained
+from models.soundnet import TRAINING_CROP_SAMPLES
+from models.weights import PretrainedError
 from schemas import SAMPLE_RATE
-from trainer.checkpoint import CheckpointError
-from trainer.model import scale_waveform
-from trainer.pretrained import PretrainedError, load_pretrained
 
-SEGMENT = 20 * SAMPLE_RATE  # the trainer's crop: four 5 s teacher frames
 BATCH = 8  # segments per forward pass: bounded memory for long videos
 
 
@@ -46,7 +48,8 @@ def predict_wave(
 ) -> dict[str, Any]:
     """Predictions for one mono 22050 Hz waveform (float in [-1, 1])."""
     duration = len(wave) / SAMPLE_RATE
-    pieces = [tile(wave[s : s + SEGMENT], SEGMENT) for s in range(0, len(wave), SEGMENT)]
+    crop, step_s = TRAINING_CROP_SAMPLES, model.step_samples / SAMPLE_RATE
+    pieces = [tile(wave[s : s + crop], crop) for s in range(0, len(wave), crop)]
     probs: dict[str, list[torch.Tensor]] = {head: [] for head in model.head_sizes}
     with torch.inference_mode():
         for i in range(0, len(pieces), BATCH):
@@ -55,9 +58,8 @@ def predict_wave(
                 probs[head].extend(log_probs.exp())  # [steps, classes] per segment
     heads = {}
     for head, per_segment in probs.items():
-        step_s = SEGMENT / SAMPLE_RATE / per_segment[0].shape[0]
         steps = [
-            (k * SEGMENT / SAMPLE_RATE + j * step_s, p)
+            (k * crop / SAMPLE_RATE + j * step_s, p)
             for k, segment in enumerate(per_segment)
             for j, p in enumerate(segment)
         ]
@@ -75,7 +77,7 @@ def predict_wave(
                 for start, p in shown
             ],
         }
-    return {"duration_s": round(duration, 3), "tiled": len(wave) % SEGMENT != 0, "heads": heads}
+    return {"duration_s": round(duration, 3), "tiled": len(wave) % crop != 0, "heads": heads}
 
 
 def _row(items: Sequence[Mapping[str, Any]]) -> str:

@@ -30,9 +30,10 @@ from eval.features import DEFAULT_SECONDS, extract_features, resolve_layers, set
 from eval.mfcc import extract_mfcc
 from eval.report import plot_confusion, plot_layers, results_markdown, write_json
 from eval.svm import PAPER_C, PROTOCOLS, FoldResult, clip_samples, cross_validate
+from models.checkpoint import CheckpointError
+from models.pretrained import load_pretrained
+from models.weights import PretrainedError
 from schemas.io import write_text_atomic
-from trainer.checkpoint import CheckpointError
-from trainer.pretrained import PretrainedError, load_pretrained
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,7 +112,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
     samples, per_clip = compute_samples(args, dataset)
     progress = not args.no_progress
-    protocol = args.protocol if args.features == "network" else "pooled"
+    protocol = args.protocol  # the MFCC baseline's one vector a clip: always "pooled"
     C = args.C if args.C is not None else (PAPER_C if protocol == "paper" else None)
     start = time.perf_counter()
     per_layer: dict[str, list[FoldResult]] = {}
@@ -142,7 +143,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": args.checkpoint if args.features == "network" else None,
         "description": _description(args),
         "layer": headline,
-        "protocol": args.protocol if args.features == "network" else "clip",
+        "protocol": protocol,
         "C": C if C is not None else "inner-cv",
         "accuracy_per_fold": layers[headline]["accuracy_per_fold"],
         "accuracy_mean": layers[headline]["accuracy_mean"],

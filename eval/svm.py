@@ -31,6 +31,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from eval.features import mean_max
+
 PROTOCOLS = ("pooled", "paper")
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PAPER_C = 0.01
@@ -39,7 +41,7 @@ PAPER_WINDOW_FRACTION = 0.1  # -timewindow 1 over -sound_length 10
 
 def pooled(feature: np.ndarray) -> np.ndarray:
     """[channels, frames] -> one sample [1, 2 * channels]: mean and max over time."""
-    return np.concatenate([feature.mean(axis=1), feature.max(axis=1)])[None]
+    return mean_max(feature)[None]
 
 
 def paper_window(frames: int) -> int:

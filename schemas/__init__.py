@@ -1,14 +1,21 @@
 """One definition of every record and file format, imported by every stage."""
 
+from schemas.frames import FrameIntervalError, frames_per_step
+from schemas.labels import (
+    LabelsError,
+    format_labels,
+    generic_labels,
+    imagenet_labels,
+    parse_labels,
+    read_labels,
+)
 from schemas.layout import (
     FAILURES_FILE,
     INDEX_FILE,
     LABELS_DIR,
     RUN_FILE,
     SHARDS_DIR,
-    format_labels,
     labels_path,
-    read_labels,
     shard_name,
 )
 from schemas.sample import (
@@ -41,6 +48,8 @@ from schemas.tables import (
 
 __all__ = [
     "FAILURES_FILE",
+    "FrameIntervalError",
+    "LabelsError",
     "FAILURES_SCHEMA",
     "INDEX_FILE",
     "INDEX_SCHEMA",
@@ -61,10 +70,14 @@ __all__ = [
     "decode_sample",
     "encode_sample",
     "format_labels",
+    "frames_per_step",
+    "generic_labels",
+    "imagenet_labels",
     "index_row",
     "labels_path",
     "make_video_id",
     "parse_key",
+    "parse_labels",
     "read_labels",
     "read_table",
     "sample_key",

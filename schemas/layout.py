@@ -18,16 +18,3 @@ def shard_name(task: int, part: int = 0) -> str:
 
 def labels_path(output: str | Path, head: str) -> Path:
     return Path(output) / LABELS_DIR / f"{head}.txt"
-
-
-def read_labels(path: str | Path) -> list[str]:
-    """Class names, one a line, in the order of the head's columns."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line.strip()]
-
-
-def format_labels(names: list[str]) -> str:
-    bad = [n for n in names if "\n" in n or not n.strip()]
-    if bad:
-        raise ValueError(f"label names must be non-empty single lines: {bad[:3]}")
-    return "".join(f"{n}\n" for n in names)

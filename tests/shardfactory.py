@@ -38,6 +38,7 @@ from schemas import (
     SampleMetadata,
     encode_sample,
     format_labels,
+    index_row,
     labels_path,
     shard_name,
     table_from_rows,
@@ -145,19 +146,7 @@ def write_shards(out: Path, samples: list[Sample], num_shards: int) -> list[Path
         with wds.TarWriter(str(path)) as sink:
             for sample in samples[shard_id::num_shards]:
                 sink.write(encode_sample(sample))
-                meta = sample.metadata
-                index.append(
-                    dict(
-                        key=sample.key,
-                        shard=path.name,
-                        video_id=meta.video_id,
-                        source=meta.source,
-                        segment=meta.segment,
-                        start_s=meta.start_s,
-                        duration_s=meta.duration_s,
-                        num_frames=len(meta.frame_times_s),
-                    )
-                )
+                index.append(index_row(sample.metadata, path.name))
         paths.append(path)
     for head, info in samples[0].metadata.heads.items():
         names = [f"{head}_class_{i}" for i in range(info.num_classes)]

@@ -534,7 +534,7 @@ def test_two_torchrun_nodes_train_from_shards_over_http_and_resume(pipeline_outp
 def test_cluster_demo_starts_a_dask_cluster_runs_the_sample_and_stops_it(tmp_path):
     """The command behind `make cluster-demo`, as a user runs it (needs nothing beside the repo)."""
     done = run_module(
-        "pipeline.cluster_demo",
+        "recipes.cluster_demo",
         f"--output={tmp_path / 'out'}",
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -21,10 +21,11 @@ from eval.audio import AudioError, load_audio, tile
 from eval.datasets import DatasetError, esc50, generic, load_dataset
 from eval.features import extract_features
 from eval.svm import C_GRID, clip_samples, cross_validate, paper_window, pooled, windows
+from models.pretrained import load_pretrained
+from models.registry import build_model
+from models.weights import FETCH_COMMAND, original_checkpoint_path
 from schemas import SAMPLE_RATE
 from trainer import main as trainer_main
-from trainer.model import build_model
-from trainer.pretrained import FETCH_COMMAND, load_pretrained, original_checkpoint_path
 
 ESC10_CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
                  "sneezing", "clock_tick", "helicopter", "chainsaw"]  # fmt: skip

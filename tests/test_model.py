@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.autoencoder import ConvAutoencoder, reconstruction_loss
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from trainer.model import SAMPLE_RATE, build_model, soundnet5, soundnet8
+from models.autoencoder import ConvAutoencoder
+from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from models.registry import build_model
+from models.soundnet import soundnet5, soundnet8
+from schemas import SAMPLE_RATE
+from trainer.losses import reconstruction_loss
 
 SECONDS_20 = 20 * SAMPLE_RATE
 

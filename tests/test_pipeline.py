@@ -184,7 +184,7 @@ def test_multi_processing_mode_writes_the_same_samples(
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
-    proc = run_module("pipeline.demo", f"--output={tmp_path / 'demo'}")
+    proc = run_module("recipes.demo", f"--output={tmp_path / 'demo'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "videos written: 4, segments: 5" in proc.stdout
     assert "failures: 0" in proc.stdout

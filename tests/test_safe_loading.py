@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trainer.model import soundnet5
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.soundnet import soundnet5
 
 
 class Trap:

@@ -17,10 +17,10 @@ import pytest
 import torch
 from shardfactory import factory_output  # noqa: F401  (a fixture)
 
+from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from models.registry import build_model
 from schemas import read_labels
 from trainer import main as trainer_main
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from trainer.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--crop-seconds=5", "--workers=1", "--no-progress", "--no-tensorboard"]

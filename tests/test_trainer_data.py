@@ -20,7 +20,8 @@ from shardfactory import clips, factory_output, make_samples  # noqa: F401  (a f
 
 from schemas import SampleError, encode_sample
 from trainer import data
-from trainer.data import STEP_SAMPLES, crop_steps, make_loader, resolve_shards
+from trainer.data import DEFAULT_STEP_SAMPLES as STEP_SAMPLES
+from trainer.data import crop_steps, make_loader, resolve_shards
 
 # ---------------------------------------------------------------------------------------------
 # Crops: audio step i must always come with teacher row i
@@ -108,7 +109,7 @@ def test_shard_specs_all_find_the_same_shards(factory_output, tmp_path, caplog):
     assert len(source.urls) == 4 and source.root is None
     with caplog.at_level(logging.WARNING):
         names = data.read_label_names(source, {"objects": 16})
-    assert names["objects"][:2] == ["objects_0", "objects_1"]
+    assert names["objects"][:2] == ["objects_0000", "objects_0001"]
     assert "no label names" in caplog.text
     # a brace pattern naming more shards than exist: the rest, with a warning
     caplog.clear()

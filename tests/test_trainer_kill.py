@@ -13,7 +13,7 @@ import pytest
 from shardfactory import factory_output  # noqa: F401  (a fixture)
 from test_trainer import FAST, REPO, run_module
 
-from trainer.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow

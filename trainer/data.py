@@ -1,16 +1,19 @@
 """Streaming training data: WebDataset shards -> batches of 20 s waveforms and teacher rows.
 
     source = resolve_shards("OUT")          # OUT, OUT/shards, a brace pattern, a dir, URLs
-    heads = inspect_heads(source.urls)      # {head: HeadInfo} from the first readable sample
-    loader = make_loader(source.urls, list(heads), batch_size=64, workers=4)
+    info = inspect_shards(source.urls)      # heads and frame interval of the first samples
+    loader = make_loader(source.urls, list(info.heads), batch_size=64, workers=4,
+                         step_samples=model.step_samples)
     for batch in loader:                    # {"wave": [B, N], "targets": {head: [B, 4, C]}, ...}
 
 The pipeline (pipeline/) writes one sample per segment of up to 20 s, with one teacher frame at
-the centre of each whole 5 s step (SPEC.md section 3). A training example is a crop of
-`crop_steps` whole steps (4: 20 s), so conv8's steps match the teacher frames one-to-one:
-a longer segment gives a random step-aligned crop, a shorter one is tiled (its steps repeated,
-their teacher rows with them), and one shorter than a step is repeated to fill the crop under
-its single frame. Audio is scaled to the network's [-256, 256].
+the centre of each whole `--frame-interval` step (SPEC.md section 3). A training example is a
+crop of `steps` whole output steps of the model (SoundNet-8: 4 steps of 5 s, 20 s), and each
+step is trained on the mean of the teacher rows of the frames inside it (one row at the default
+5 s interval, two at 2.5 s); an interval that does not divide the step is refused
+(schemas.frames). A longer segment gives a random step-aligned crop, a shorter one is tiled
+(its steps repeated, their targets with them), and one shorter than a step is repeated to fill
+the crop under the mean of its frames. Audio is scaled to the network's [-256, 256].
 
 Shards are read as an endless stream: by default each rank and worker resamples shards at
 random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
@@ -35,15 +38,30 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from schemas import LABELS_DIR, SAMPLE_RATE, SHARDS_DIR, HeadInfo, SampleError, decode_sample
-from schemas.layout import labels_path, read_labels
-from trainer.model import WAVE_SCALE
+from models.layers import WAVE_SCALE
+from models.registry import DEFAULT_ARCH
+from models.soundnet import ARCHITECTURES
+from schemas import (
+    LABELS_DIR,
+    SAMPLE_RATE,
+    SHARDS_DIR,
+    HeadInfo,
+    SampleError,
+    SampleMetadata,
+    decode_sample,
+    frames_per_step,
+    generic_labels,
+    labels_path,
+    read_labels,
+)
+from schemas.frames import step_rows
+from schemas.labels import is_url
 
 log = logging.getLogger(__name__)
 
-STEP_SECONDS = 5  # teachers see one frame per 5 s step
-STEP_SAMPLES = STEP_SECONDS * SAMPLE_RATE
-CROP_STEPS = 4  # the paper's 20 s training crop: 4 teacher frames, 4 conv8 steps
+# The default student's output step (SoundNet-8's conv8: 5 s); callers pass their model's.
+DEFAULT_STEP_SAMPLES = ARCHITECTURES[DEFAULT_ARCH].step_samples
+CROP_STEPS = 4  # the paper's 20 s training crop: 4 output steps
 
 
 class ShardSpecError(ValueError):
@@ -58,10 +76,6 @@ class ShardSpecError(ValueError):
 class ShardSource:
     urls: list[str]  # local paths or URLs WebDataset can open
     root: str | None = None  # the pipeline output directory (for labels/), when there is one
-
-
-def is_url(spec: str) -> bool:
-    return "://" in spec or spec.startswith("pipe:")
 
 
 def _root_of(shard: str) -> str | None:
@@ -104,26 +118,41 @@ def resolve_shards(spec: str) -> ShardSource:
     return ShardSource(present, _root_of(present[0]))
 
 
-def inspect_heads(urls: Sequence[str], max_shards: int = 20) -> dict[str, HeadInfo]:
-    """The teacher heads of the first readable sample (its metadata; audio is not decoded)."""
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the first samples of a shard list say (their metadata; audio is not decoded)."""
+
+    heads: dict[str, HeadInfo]
+    # the teachers' frame interval, from the first sample that has one (None: every sample read
+    # was a segment shorter than a step, labelled as a whole)
+    frame_interval_s: float | None
+    where: str  # the shard it was read from, for messages
+
+
+def inspect_shards(urls: Sequence[str], max_shards: int = 20, max_samples: int = 100) -> ShardInfo:
+    """Heads and frame interval of the first readable shard's first samples."""
     problems = []
     for url in urls[:max_shards]:
         try:
+            metas: list[SampleMetadata] = []
             for raw in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
-                return dict(decode_sample(raw, audio=False).metadata.heads)
+                metas.append(decode_sample(raw, audio=False).metadata)
+                if metas[-1].frame_interval() is not None or len(metas) >= max_samples:
+                    break
         except Exception as err:  # a corrupt shard: try the next one
             problems.append(f"{url}: {type(err).__name__}: {err}")
+            continue
+        if metas:
+            return ShardInfo(dict(metas[0].heads), metas[-1].frame_interval(), url)
     raise ShardSpecError(
         f"no readable sample in the first {min(len(urls), max_shards)} shards: "
         + ("; ".join(problems[:3]) or "they are empty")
     )
 
 
-def _read_labels(location: str) -> list[str]:
-    if not is_url(location):
-        return read_labels(location)
-    with wds.gopen(location) as stream:  # http(s), gs://, s3://, as the shards themselves
-        return [line for line in stream.read().decode("utf-8").splitlines() if line.strip()]
+def inspect_heads(urls: Sequence[str]) -> dict[str, HeadInfo]:
+    """The teacher heads of the first readable sample."""
+    return inspect_shards(urls, max_samples=1).heads
 
 
 def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str, list[str]]:
@@ -138,7 +167,7 @@ def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str,
                 else str(labels_path(source.root, head))
             )
             try:
-                found = _read_labels(location)
+                found = read_labels(location)
             except Exception as err:  # missing or unreachable: generic names below
                 log.warning("cannot read label names %s (%s)", location, err)
             if found is not None and len(found) != num_classes:
@@ -147,19 +176,19 @@ def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str,
                     f"{num_classes} classes"
                 )
         if found is None:
+            found = generic_labels(head, num_classes)
             log.warning(
-                "no label names for head %r (shards not under a pipeline output): using %s_0..%d",
+                "no label names for head %r (shards not under a pipeline output): using %s..%s",
                 head,
-                head,
-                num_classes - 1,
+                found[0],
+                found[-1],
             )
-            found = [f"{head}_{i}" for i in range(num_classes)]
         names[head] = found
     return names
 
 
 # ---------------------------------------------------------------------------------------------
-# One example: an aligned crop of whole 5 s steps
+# One example: an aligned crop of whole output steps
 
 
 def crop_steps(
@@ -168,33 +197,60 @@ def crop_steps(
     steps: int = CROP_STEPS,
     rng: random.Random | None = None,
     where: str = "sample",
+    *,
+    step_samples: int = DEFAULT_STEP_SAMPLES,
+    frames_per_step: int | None = 1,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(audio [steps * STEP_SAMPLES], {head: rows [steps, C]}) with step i <-> row i.
+    """(audio [steps * step_samples], {head: rows [steps, C]}) with step i <-> row i.
 
-    Frame j of a segment sits at the centre of its whole step j; a partial trailing step has no
-    frame and is dropped. `rng` picks a random aligned window of a long segment (None: the
-    central one, for validation)."""
-    whole = len(audio) // STEP_SAMPLES
-    if whole == 0:  # shorter than one step: one frame at its middle labels the whole crop
-        wave = np.resize(audio, steps * STEP_SAMPLES)  # np.resize repeats cyclically
-        return wave, {h: np.repeat(p[:1], steps, axis=0) for h, p in probs.items()}
-    for head, p in probs.items():
-        if len(p) < whole:
-            raise SampleError(
-                f"{where}: {whole} whole {STEP_SECONDS} s steps but {len(p)} {head} frames"
-            )
+    Whole step j of a segment holds its frames j*k .. j*k+k-1 (k = `frames_per_step`) and is
+    trained on the mean of their rows; a partial trailing step is dropped. A segment shorter
+    than one step, or whose frames label it as a whole (`frames_per_step` None), has the mean
+    of all its rows under every step. `rng` picks a random aligned window of a long segment
+    (None: the central one, for validation)."""
+    whole = len(audio) // step_samples
+    if whole == 0:  # shorter than one step: its frames label the whole crop
+        wave = np.resize(audio, steps * step_samples)  # np.resize repeats cyclically
+        return wave, {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
+    if frames_per_step is None:
+        rows = {h: np.repeat(_mean_row(p), whole, axis=0) for h, p in probs.items()}
+    else:
+        for head, p in probs.items():
+            if len(p) < whole * frames_per_step:
+                per_step = f" ({frames_per_step} a step)" if frames_per_step > 1 else ""
+                step_s = step_samples / SAMPLE_RATE
+                raise SampleError(
+                    f"{where}: {whole} whole {step_s:g} s steps but {len(p)} {head} "
+                    f"frames{per_step}"
+                )
+        rows = {h: step_rows(p, frames_per_step, whole) for h, p in probs.items()}
     if whole >= steps:
         last = whole - steps
         first = rng.randint(0, last) if rng is not None else last // 2
         index = np.arange(first, first + steps)
-    else:  # tile: steps 0..whole-1 repeated, their teacher rows with them
+    else:  # tile: steps 0..whole-1 repeated, their targets with them
         index = np.arange(steps) % whole
-    wave = audio[: whole * STEP_SAMPLES].reshape(whole, STEP_SAMPLES)[index].reshape(-1)
-    return wave, {h: p[index] for h, p in probs.items()}
+    wave = audio[: whole * step_samples].reshape(whole, step_samples)[index].reshape(-1)
+    return wave, {h: r[index] for h, r in rows.items()}
+
+
+def _mean_row(rows: np.ndarray) -> np.ndarray:
+    return rows.astype(np.float32).mean(axis=0, keepdims=True)
+
+
+def sample_frames_per_step(meta: SampleMetadata, step_samples: int) -> int | None:
+    """Teacher frames in each of the model's output steps for this sample (None: its one frame
+    labels the whole segment); a frame interval that does not divide the step is an error."""
+    interval = meta.frame_interval()
+    return None if interval is None else frames_per_step(interval, step_samples, where=meta.key)
 
 
 def make_example(
-    raw: dict[str, Any], heads: Sequence[str], steps: int, rng: random.Random | None
+    raw: dict[str, Any],
+    heads: Sequence[str],
+    steps: int,
+    rng: random.Random | None,
+    step_samples: int = DEFAULT_STEP_SAMPLES,
 ) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
     """A raw WebDataset sample -> (key, float32 wave in [-256, 256], {head: float32 rows})."""
     sample = decode_sample(raw)  # validates the metadata, shapes and distributions
@@ -202,7 +258,12 @@ def make_example(
     if missing:
         raise SampleError(f"{sample.key}: no {missing} head(s); it has {sorted(sample.probs)}")
     probs = {h: sample.probs[h] for h in heads}
-    audio, rows = crop_steps(sample.audio, probs, steps, rng, where=sample.key)
+    # without heads (the autoencoder) no teacher row is read, so none needs aligning
+    per_step = sample_frames_per_step(sample.metadata, step_samples) if probs else 1
+    audio, rows = crop_steps(
+        sample.audio, probs, steps, rng, where=sample.key, step_samples=step_samples,
+        frames_per_step=per_step,
+    )  # fmt: skip
     wave = audio.astype(np.float32) * np.float32(WAVE_SCALE / 32768)
     return sample.key, wave, {h: r.astype(np.float32) for h, r in rows.items()}
 
@@ -317,22 +378,23 @@ class Cropper:
     (the loader is copied into each worker process before any sample is seen)."""
 
     def __init__(
-        self, heads: Sequence[str], steps: int, train: bool, seed: int, events: LoaderEvents
+        self,
+        heads: Sequence[str],
+        steps: int,
+        step_samples: int,
+        train: bool,
+        seed: int,
+        events: LoaderEvents,
     ):
-        self.heads, self.steps, self.train, self.seed, self.events = (
-            heads,
-            steps,
-            train,
-            seed,
-            events,
-        )
+        self.heads, self.steps, self.step_samples = heads, steps, step_samples
+        self.train, self.seed, self.events = train, seed, events
         self.rng: random.Random | None = None
 
     def __call__(self, raw: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
         if self.train and self.rng is None:
             self.rng = random.Random(_worker_seed(self.seed + 1))
         try:
-            example = make_example(raw, self.heads, self.steps, self.rng)
+            example = make_example(raw, self.heads, self.steps, self.rng, self.step_samples)
         except SampleError as err:
             err.url = raw.get("__url__", "?")  # which shard: the shuffle buffer mixes them
             raise
@@ -346,6 +408,7 @@ def make_loader(
     batch_size: int,
     *,
     steps: int = CROP_STEPS,
+    step_samples: int = DEFAULT_STEP_SAMPLES,
     train: bool = True,
     resample: bool = True,
     seed: int = 0,
@@ -353,7 +416,7 @@ def make_loader(
     workers: int = 0,
     pin_memory: bool = False,
 ) -> wds.WebLoader:
-    """Batches of aligned crops. Training streams forever; validation (`train=False`) reads
+    """Batches of crops of `steps` output steps of `step_samples`, aligned. Training streams forever; validation (`train=False`) reads
     each shard once, split between ranks and workers, with central crops and no shuffling."""
     events = LoaderEvents(max_consecutive_failures=max(100, 4 * len(urls)))
     if not train:
@@ -370,7 +433,9 @@ def make_loader(
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
     stages += [
-        wds.map(Cropper(heads, steps, train, seed, events), handler=events.sample_failed),
+        wds.map(
+            Cropper(heads, steps, step_samples, train, seed, events), handler=events.sample_failed
+        ),
         wds.batched(batch_size, functools.partial(collate, events=events), partial=not train),
     ]
     pipeline = wds.DataPipeline(*stages)

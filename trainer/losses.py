@@ -2,10 +2,11 @@
 the teachers'.
 
     loss, per_head = distillation_loss(model(wave), targets, kind="kl")
+    loss = reconstruction_loss(autoencoder(wave), wave)     # the autoencoder baseline
 
 `log_probs[head]` is the student's log-softmax [batch, steps, classes]; `targets[head]` the
-teacher's probabilities of the same shape (one row per 5 s teacher frame, matched one-to-one with
-the student's steps). Per head the loss is averaged over batch and steps; the heads' losses are
+teacher's probabilities of the same shape (one row per output step: the mean of the rows of the
+teacher frames inside it). Per head the loss is averaged over batch and steps; the heads' losses are
 then averaged, so adding a head does not change the loss scale. (The original Torch code
 multiplies the KL by 250; Adam is nearly invariant to that, so we report the plain mean.)
 """
@@ -15,8 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
+
+from models.layers import WAVE_SCALE, prepare_waveform
 
 LOSSES = ("kl", "l2")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or weights that are NaN or infinite: the run stops (or skips the step)."""
 
 
 def kl_divergence(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -57,3 +65,10 @@ def distillation_loss(
         per_head[head] = per_step(log_q.float(), p.float()).mean()
     loss = torch.stack(list(per_head.values())).mean()
     return loss, per_head
+
+
+def reconstruction_loss(recon: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's MSE on the waveform, measured in [-1, 1] units so that its values read
+    naturally (`wave` is tiled as the model tiles its input)."""
+    target = prepare_waveform(wave, recon.shape[-1])[:, 0, : recon.shape[-1]]
+    return F.mse_loss(recon.float() / WAVE_SCALE, target.float() / WAVE_SCALE)

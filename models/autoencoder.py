@@ -7,8 +7,9 @@
 Encoder: SoundNet-8's first four convolutions (conv1..conv4 with BatchNorm, ReLU and the two
 max-pools), so its features are directly comparable with SoundNet's conv4. Decoder: four
 transposed convolutions that undo the encoder's strides (2, 2, 2*8, 2*8 = 1024 in all), trained
-with MSE on the waveform. `python -m trainer.main --arch autoencoder` trains it from the same
-shards (teacher rows are ignored) and writes checkpoints in the same format.
+with MSE on the waveform (trainer.losses.reconstruction_loss). `python -m trainer.main --arch
+autoencoder` trains it from the same shards (teacher rows are ignored) and writes checkpoints
+in the same format.
 """
 
 from __future__ import annotations
@@ -16,21 +17,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainer.model import (
-    SOUNDNET8,
-    WAVE_SCALE,
-    ConvSpec,
+from models.layers import (
     conv_body,
+    min_input_samples,
     paper_init,
     prepare_waveform,
     run_layers,
     wanted_layers,
 )
+from models.soundnet import SOUNDNET8
 
-ENCODER = SOUNDNET8[:4]  # conv1 (+pool1), conv2 (+pool2), conv3, conv4
+ENCODER = SOUNDNET8.blocks[:4]  # conv1 (+pool1), conv2 (+pool2), conv3, conv4
 # (in, out, kernel, stride, padding), chosen so that each layer's output = stride * its input
 DECODER = (
     (128, 64, 8, 2, 3),  # undoes conv4
@@ -40,20 +39,12 @@ DECODER = (
 )
 
 
-def _min_input_samples(blocks: Sequence[ConvSpec]) -> int:
-    """Shortest input that gives one frame after `blocks` (walk the layers backwards)."""
-    length = 1
-    for spec in reversed(blocks):
-        if spec.pool:
-            length *= spec.pool
-        length = max(1, (length - 1) * spec.stride + spec.kernel - 2 * spec.padding)
-    return length
-
-
 class ConvAutoencoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.head_sizes: dict[str, int] = {}  # no teacher heads; keeps the checkpoint format
+        # crops are cut in SoundNet-8's steps, whose encoder this is (no head of its own)
+        self.step_samples = SOUNDNET8.step_samples
         self.body = conv_body(ENCODER)
         layers: list[nn.Module] = []
         for i, (cin, cout, kernel, stride, padding) in enumerate(DECODER):
@@ -61,7 +52,7 @@ class ConvAutoencoder(nn.Module):
             if i < len(DECODER) - 1:
                 layers += [nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
         self.decoder = nn.Sequential(*layers)
-        self.min_samples = _min_input_samples(ENCODER)
+        self.min_samples = min_input_samples(ENCODER)
         self.reset_parameters()
 
     @property
@@ -89,12 +80,6 @@ class ConvAutoencoder(nn.Module):
         recon = self.decoder(code)[:, 0]
         # the decoder gives 1024 samples per code frame: at least the input; crop to it
         return recon[:, : x.shape[-1]]
-
-
-def reconstruction_loss(recon: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
-    """MSE on the waveform, measured in [-1, 1] units so that its values read naturally."""
-    target = prepare_waveform(wave, recon.shape[-1])[:, 0, : recon.shape[-1]]
-    return F.mse_loss(recon.float() / WAVE_SCALE, target.float() / WAVE_SCALE)
 
 
 def autoencoder() -> ConvAutoencoder:

@@ -4,20 +4,21 @@
     {"format": "soundnet-checkpoint", "version": 1,
      "arch": "soundnet8", "heads": {"objects": 1000}, "labels": {"objects": [...names]},
      "model": state_dict, "step": int, ...trainer state (optimizer, rng, config)}
+
+The labels are the weights' own: per head its class names in output order, which also size
+the heads the checkpoint is rebuilt with.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from models.registry import build_model
 from schemas.io import atomic_path
-from trainer.model import SoundNet, build_model
 
 FORMAT = "soundnet-checkpoint"
 VERSION = 1
@@ -29,7 +30,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(
     path: str | Path,
-    model: SoundNet | nn.Module,
+    model: nn.Module,
     arch: str,
     labels: dict[str, list[str]],
     **state: Any,
@@ -69,29 +70,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> SoundNet | nn.Module:
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     """Build the architecture the checkpoint names and load its weights (eval mode)."""
     model = build_model(payload["arch"], payload["heads"])
     model.load_state_dict(payload["model"])
     return model.eval()
-
-
-def capture_rng() -> dict[str, Any]:
-    """This process's random states (torch, CUDA, Python, NumPy) as weights_only-safe values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

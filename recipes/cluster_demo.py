@@ -1,6 +1,6 @@
 """`make cluster-demo`: the pipeline on a Dask cluster that this command starts and stops.
 
-    python -m pipeline.cluster_demo [--input samples/videos] [--output DIR] [--workers 2]
+    python -m recipes.cluster_demo [--input samples/videos] [--output DIR] [--workers 2]
 
 Starts `dask scheduler` and `dask worker` (N worker processes, one thread each) on 127.0.0.1,
 runs `pipeline.run` on them through Beam's DaskRunner, prints the run's summary and what the
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--input={args.input}", f"--output={output}",
                 ])  # fmt: skip
                 if code == 0:
-                    from pipeline.demo import teacher_top3
+                    from recipes.demo import teacher_top3
 
                     print("what the visual teacher saw (objects head, mean over frames):")
                     for source, top in sorted(teacher_top3(Path(output)).items()):

@@ -1,6 +1,6 @@
 """`make demo`: run the pipeline on the bundled sample videos and show what it wrote.
 
-python -m pipeline.demo --output demo-out
+python -m recipes.demo --output demo-out
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def authors_network_hears(sources: list[str]) -> dict[str, str]:
     missing: `make setup` fetches them)."""
     from eval.audio import load_audio
     from eval.predict import predict_wave
-    from trainer.pretrained import PretrainedError, load_pretrained
+    from models.pretrained import load_pretrained
+    from models.weights import PretrainedError
 
     try:
         model, labels = load_pretrained("original:soundnet8")
