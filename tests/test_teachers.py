@@ -26,12 +26,12 @@ from pipeline.teachers import (
     TeacherModelHandler,
     clean_state_dict,
     load_teacher,
-    parse_labels,
     preprocess,
     resolve_teacher,
     teacher_probabilities,
     torch_device,
 )
+from schemas.labels import LabelsError, parse_labels
 
 PALACE_LIKE = {"palace", "bell cote", "dome", "church", "castle", "monastery", "stupa", "mosque"}
 
@@ -197,8 +197,17 @@ def test_parse_labels_formats():
     assert parse_labels("/a/airfield 0\n/b/bakery/shop 1\n") == ["airfield", "bakery/shop"]
     assert parse_labels("/b/bakery/shop 1\n/a/airfield 0\n") == ["airfield", "bakery/shop"]
     assert parse_labels("tench\ngoldfish\n\n") == ["tench", "goldfish"]
-    with pytest.raises(TeacherError, match="indices"):
+    with pytest.raises(LabelsError, match="indices"):
         parse_labels("/a/airfield 0\n/b/bakery 0\n")
+
+
+def test_a_bad_categories_file_is_a_teacher_error_naming_it(tmp_path):
+    weights = tmp_path / "resnet18_places365.pth.tar"
+    weights.write_bytes(b"not read: the labels fail first")
+    labels = tmp_path / "categories_places365.txt"
+    labels.write_text("/a/airfield 0\n/b/bakery 0\n")
+    with pytest.raises(TeacherError, match=f"{labels}.*indices"):
+        resolve_teacher("scenes", "places365_resnet18", weights=str(weights))
 
 
 def test_whole_model_pickle_is_refused(tmp_path):

@@ -19,7 +19,6 @@ cache); nothing is ever downloaded, and nothing is unpickled (`torch.load(weight
 
 from pipeline.teachers.errors import TeacherError
 from pipeline.teachers.handler import TeacherModelHandler
-from pipeline.teachers.labels import parse_labels
 from pipeline.teachers.preprocess import preprocess, teacher_probabilities, torch_device
 from pipeline.teachers.registry import DEFAULT_TEACHER, TEACHERS, TeacherArch, get_arch
 from pipeline.teachers.resolve import (
@@ -43,7 +42,6 @@ __all__ = [
     "clean_state_dict",
     "get_arch",
     "load_teacher",
-    "parse_labels",
     "preprocess",
     "resolve_teacher",
     "teacher_probabilities",
