@@ -6,7 +6,7 @@ class of the clip under it (a fixed, peaked distribution per class, plus Dirichl
 student can really learn something: a falling loss is a real signal, not just the prior.
 
     out = make_pipeline_output(tmp / "OUT", clips(20), num_shards=4)
-    # out/shards/shard-000000.tar ..., out/labels/{head}.txt, out/index.parquet, ...
+    # out/shards/shard-000000-0000.tar ..., out/labels/{head}.txt, out/index.parquet, ...
 
 Everything goes through schemas (encode_sample, SampleMetadata, layout names, table schemas)
 and webdataset.TarWriter, as the pipeline does.

@@ -46,7 +46,7 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(pipeline_output, 
     4 lower the loss; --resume --steps 50 continues at step 41 with the optimiser state."""
     run = tmp_path / "RUN"
     shards = sorted((pipeline_output / "shards").glob("*.tar"))
-    pattern = f"{pipeline_output}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar"
+    pattern = f"{pipeline_output}/shards/shard-{{000000..{len(shards) - 1:06d}}}-0000.tar"
     common = [f"--shards={pattern}", f"--out={run}", "--batch-size=4", "--log-every=1",
               f"--val-shards={shards[-1]}", "--val-batches=2", *FAST,
               "--crop-seconds=20"]  # fmt: skip
@@ -117,7 +117,7 @@ def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_outpu
     bad.write_bytes(os.urandom(100_000))
     run = tmp_path / "RUN"
     # 5 samples > the 4 of one epoch of these shards: every shard is read at least once
-    trainer_main.main([f"--shards={factory_output}/shards/shard-{{000002..000003}}.tar::{bad}",
+    trainer_main.main([f"--shards={factory_output}/shards/shard-{{000002..000003}}-0000.tar::{bad}",
                        f"--out={run}", "--steps=5", "--batch-size=1", "--no-resample",
                        "--loss=l2", "--checkpoint-every=2", "--keep-checkpoints=2", *FAST])  # fmt: skip
     errors = read_metrics(run, "data_error")

@@ -95,9 +95,9 @@ def test_shard_specs_all_find_the_same_shards(factory_output, tmp_path, caplog):
     for spec in (
         str(factory_output),
         str(shards),
-        f"{shards}/shard-{{000000..000003}}.tar",
+        f"{shards}/shard-{{000000..000003}}-0000.tar",
         f"{shards}/shard-*.tar",
-        f"{shards}/shard-{{000000..000001}}.tar::{shards}/shard-{{000002..000003}}.tar",
+        f"{shards}/shard-{{000000..000001}}-0000.tar::{shards}/shard-{{000002..000003}}-0000.tar",
     ):
         source = resolve_shards(spec)
         assert source.urls == expected, spec
@@ -114,7 +114,7 @@ def test_shard_specs_all_find_the_same_shards(factory_output, tmp_path, caplog):
     # a brace pattern naming more shards than exist: the rest, with a warning
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        source = resolve_shards(f"{shards}/shard-{{000000..000005}}.tar")
+        source = resolve_shards(f"{shards}/shard-{{000000..000005}}-0000.tar")
     assert len(source.urls) == 4 and "2 of 6 shards do not exist" in caplog.text
 
 
@@ -133,7 +133,7 @@ def test_shards_and_labels_over_http(factory_output):  # noqa: F811
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        source = resolve_shards(f"{base}/shards/shard-{{000000..000003}}.tar")
+        source = resolve_shards(f"{base}/shards/shard-{{000000..000003}}-0000.tar")
         assert source.root == base
         heads = data.inspect_heads(source.urls)
         names = data.read_label_names(source, {h: i.num_classes for h, i in heads.items()})

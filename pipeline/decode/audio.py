@@ -7,7 +7,7 @@ from __future__ import annotations
 import ffmpeg
 import numpy as np
 
-from pipeline.decode import libav
+import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
 from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.tools import FFMPEG, check_file, ffmpeg_reason, run, stream_map

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from pipeline.decode import libav
+import pipeline.decode.libav as libav
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)

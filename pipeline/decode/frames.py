@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from pipeline.decode import libav
+import pipeline.decode.libav as libav
 from pipeline.decode.ffmpeg_frames import ffmpeg_frames, seeks_exactly
 from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.tools import check_file

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipeline.decode import libav
+import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
 from pipeline.decode.tools import FFPROBE, check_file, run
 from pipeline.errors import InputError
