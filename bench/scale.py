@@ -1,6 +1,7 @@
 """Stage 1 at N and 10 x N inputs: speed, the whole process tree's peak memory, durability.
 
-    .venv/bin/python bench/scale.py [--n 500] [--kill-at 0.6] [-- extra pipeline options]
+    .venv/bin/python bench/scale.py [--sizes 500 5000] [--kill-at 0.6 [--kill-size N]]
+        [-- extra pipeline options]
 
 The inputs are N hard links (distinct names, no extra disk) of one 4.9 s H.264 clip that ffmpeg
 makes from its test sources (kept in build/scale-clip/ between runs), given to the README's
@@ -10,10 +11,11 @@ the peak resident memory of the pipeline's process tree (sampled every 0.1 s), a
 shard reached the disk (as a fraction of the run). The reference is `ffmpeg -i F -f null -` on
 the same clip, timed on up to 200 of the links and scaled to N (every link is the same file).
 
-`--kill-at F` also SIGKILLs a fresh run of N inputs at F of the full run's wall time, reruns the
-same command, and prints the rerun's time over a full run's and whether the samples are equal.
+`--kill-at F` also SIGKILLs a fresh run of `--kill-size` inputs (default: the smallest size) at
+F of that size's full run's wall time, reruns the same command, and prints the rerun's time over
+the full run's and whether the samples equal the uninterrupted run's.
 
-Prints `scale_rss_ratio=` (peak memory at 10 x N over N) last.
+Prints `scale_rss_ratio=` (peak memory at the largest size over the smallest) last.
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ def same_samples(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=500, help="inputs of the smaller run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="inputs a run")
     parser.add_argument("--kill-at", type=float, help="also kill a run at this fraction, rerun")
+    parser.add_argument("--kill-size", type=int, help="inputs of the killed run (a --sizes one)")
     parser.add_argument("extra", nargs="*", help="extra pipeline options (after --)")
     args = parser.parse_args()
     extra = list(args.extra)
@@ -145,14 +148,14 @@ def main() -> None:
         extra.append("--videos-per-shard=50")
     clip = make_clip(REPO / "build" / "scale-clip")
 
-    rows = []
+    rows: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="soundnet-scale-", dir=REPO / "build") as tmp:
         work = Path(tmp)
-        for n in (args.n, 10 * args.n):
+        for n in sorted(set(args.sizes)):
             inputs = links(clip, work / f"in-{n}", n)
             result = run(inputs, work / f"out-{n}", extra)
             result["reference_s"] = reference_seconds(inputs, n)
-            rows.append((n, result))
+            rows[n] = result
             first = result["first_shard_s"]
             print(
                 f"N={n}: {n / result['wall_s']:.1f} videos/s, wall {result['wall_s']:.1f} s, "
@@ -162,7 +165,8 @@ def main() -> None:
                 flush=True,
             )
         if args.kill_at:
-            n, full = rows[0]
+            n = args.kill_size or min(rows)
+            full = rows[n]
             killed = work / "out-killed"
             run(work / f"in-{n}", killed, extra, kill_after=args.kill_at * full["wall_s"])
             rerun = run(work / f"in-{n}", killed, extra)
@@ -173,7 +177,7 @@ def main() -> None:
                 f"samples equal to the uninterrupted run: {equal}"
             )
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
-    (n_small, small), (_, large) = rows
+    small, large = rows[min(rows)], rows[max(rows)]
     print(f"scale_rss_ratio={large['peak_rss'] / small['peak_rss']:.3f}")
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from pipeline import teachers
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -110,3 +114,15 @@ def pipeline_output(shared_videos: Path, tmp_path_factory) -> Path:
             code = run_pipeline(f"--input={listing}", f"--output={out}", "--videos-per-shard=8")
             assert code == 0, "the pipeline run for the test fixtures failed"
     return out
+
+
+@dataclass(frozen=True)
+class Teacher(teachers.TeacherInfo):
+    """A resolved teacher and its network, for looking at a teacher outside the pipeline."""
+
+    model: torch.nn.Module
+
+
+def load_teacher(head, name, weights=None, labels=None, device="cpu") -> Teacher:
+    info = teachers.resolve_teacher(head, name, weights, labels)
+    return Teacher(**vars(info), model=teachers.build_teacher(info, device))

@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 
 from pipeline import decode
-from pipeline.teachers import load_teacher, preprocess
+from pipeline.teachers import preprocess
 from schemas import (
     FAILURES_SCHEMA,
     INDEX_SCHEMA,
@@ -23,7 +23,7 @@ from schemas import (
     read_labels,
     read_table,
 )
-from tests.conftest import assert_same_sample, run_module, run_pipeline
+from tests.conftest import assert_same_sample, load_teacher, run_module, run_pipeline
 
 # Clips whose audio is under --min-segment-seconds=1 (ffprobe durations 0.30 to 0.98 s).
 SHORT_CLIPS = {

@@ -25,13 +25,13 @@ from pipeline.teachers import (
     TeacherError,
     TeacherModelHandler,
     clean_state_dict,
-    load_teacher,
     preprocess,
     resolve_teacher,
     teacher_probabilities,
     torch_device,
 )
 from schemas.labels import LabelsError, parse_labels
+from tests.conftest import load_teacher
 
 PALACE_LIKE = {"palace", "bell cote", "dome", "church", "castle", "monastery", "stupa", "mosque"}
 

@@ -22,10 +22,8 @@ from pipeline.teachers.handler import TeacherModelHandler
 from pipeline.teachers.preprocess import preprocess, teacher_probabilities, torch_device
 from pipeline.teachers.registry import DEFAULT_TEACHER, TEACHERS, TeacherArch, get_arch
 from pipeline.teachers.resolve import (
-    Teacher,
     TeacherInfo,
     build_teacher,
-    load_teacher,
     resolve_teacher,
 )
 from pipeline.teachers.weights import clean_state_dict
@@ -33,7 +31,6 @@ from pipeline.teachers.weights import clean_state_dict
 __all__ = [
     "DEFAULT_TEACHER",
     "TEACHERS",
-    "Teacher",
     "TeacherArch",
     "TeacherError",
     "TeacherInfo",
@@ -41,7 +38,6 @@ __all__ = [
     "build_teacher",
     "clean_state_dict",
     "get_arch",
-    "load_teacher",
     "preprocess",
     "resolve_teacher",
     "teacher_probabilities",

@@ -83,20 +83,3 @@ def build_teacher(info: TeacherInfo, device: str | torch.device = "cpu") -> torc
         ) from None
     model.requires_grad_(False)
     return model.eval().to(device)
-
-
-@dataclass(frozen=True)
-class Teacher(TeacherInfo):
-    model: torch.nn.Module  # eval mode; normalised float [N,3,224,224] -> logits [N,C]
-
-
-def load_teacher(
-    head: str,
-    name: str,
-    weights: str | None = None,
-    labels: str | None = None,
-    device: str | torch.device = "cpu",
-) -> Teacher:
-    """Resolve and build in one go (for using a teacher outside the pipeline)."""
-    info = resolve_teacher(head, name, weights, labels)
-    return Teacher(**vars(info), model=build_teacher(info, device))
