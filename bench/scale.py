@@ -11,6 +11,9 @@ the peak resident memory of the pipeline's process tree (sampled every 0.1 s), a
 shard reached the disk (as a fraction of the run). The reference is `ffmpeg -i F -f null -` on
 the same clip, timed on up to 200 of the links and scaled to N (every link is the same file).
 
+`--long-video-minutes M` also runs the command on one M-minute video (made once, like the clip)
+and prints its peak memory beside the smallest size's and the video's own decoded audio.
+
 `--kill-at F` also SIGKILLs a fresh run of `--kill-size` inputs (default: the smallest size) at
 F of that size's full run's wall time, reruns the same command, and prints the rerun's time over
 the full run's and whether the samples equal the uninterrupted run's.
@@ -55,6 +58,23 @@ def make_clip(folder: Path) -> Path:
         )  # fmt: skip
         tmp.rename(clip)
     return clip
+
+
+def make_long_video(folder: Path, minutes: float) -> Path:
+    """One long 640x360 H.264/AAC video of moving test patterns with pink noise."""
+    video = folder / f"long-{minutes:g}min.mp4"
+    if not video.exists():
+        tmp = folder / "long.tmp.mp4"
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y",
+             "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+             "-f", "lavfi", "-i", "anoisesrc=color=pink:seed=2", "-t", str(minutes * 60),
+             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-g", "250",
+             "-c:a", "aac", "-ar", "44100", str(tmp)],
+            check=True,
+        )  # fmt: skip
+        tmp.rename(video)
+    return video
 
 
 def links(clip: Path, folder: Path, count: int) -> Path:
@@ -141,6 +161,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="inputs a run")
     parser.add_argument("--kill-at", type=float, help="also kill a run at this fraction, rerun")
     parser.add_argument("--kill-size", type=int, help="inputs of the killed run (a --sizes one)")
+    parser.add_argument("--long-video-minutes", type=float, help="also run one video this long")
     parser.add_argument("extra", nargs="*", help="extra pipeline options (after --)")
     args = parser.parse_args()
     extra = list(args.extra)
@@ -162,6 +183,19 @@ def main() -> None:
                 f"peak tree RSS {result['peak_rss'] / 2**30:.2f} GiB, first shard at "
                 f"{first / result['wall_s']:.0%} of the run, "
                 f"pipeline_over_decode={result['wall_s'] / result['reference_s']:.3f}",
+                flush=True,
+            )
+        if args.long_video_minutes:
+            video = make_long_video(clip.parent, args.long_video_minutes)
+            (work / "long").mkdir()
+            os.link(video, work / "long" / video.name)
+            long = run(work / "long", work / "out-long", extra)
+            audio = args.long_video_minutes * 60 * 22050 * 2
+            print(
+                f"one {args.long_video_minutes:g}-minute video: wall {long['wall_s']:.1f} s, peak "
+                f"tree RSS {long['peak_rss'] / 2**30:.2f} GiB (N={min(rows)}: "
+                f"{rows[min(rows)]['peak_rss'] / 2**30:.2f} GiB; its audio as int16: "
+                f"{audio / 2**30:.2f} GiB)",
                 flush=True,
             )
         if args.kill_at:
