@@ -7,14 +7,16 @@ DEMO_OUT ?= demo-out
 
 setup: $(STAMP) weights
 
-# ffmpeg from Debian when missing, then the pinned Python packages into .venv/ (idempotent:
-# the stamp is rebuilt only when requirements.txt changes).
-$(STAMP): requirements.txt
+# ffmpeg from Debian when missing, then the pinned Python packages and the project itself
+# (editable: every program in .venv/bin imports it, from any folder) into .venv/. Idempotent:
+# the stamp is rebuilt only when the requirements or pyproject.toml change.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	@touch $(STAMP)
 

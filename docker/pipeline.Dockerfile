@@ -14,9 +14,11 @@ WORKDIR /opt/soundnet
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
+# the project itself, as a package (its dependencies are the pinned ones above)
+COPY pyproject.toml README.md ./
 COPY schemas/ schemas/
 COPY pipeline/ pipeline/
-ENV PYTHONPATH=/opt/soundnet
+RUN pip install --no-cache-dir --no-deps .
 
 RUN groupadd --gid 1000 soundnet && useradd --create-home --uid 1000 --gid 1000 soundnet
 USER 1000:1000

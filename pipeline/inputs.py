@@ -132,6 +132,11 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
         raise InputListError(
             f"--input {spec!r}: not a directory, glob, .txt list, CSV/Parquet manifest or media file"
         )
+    if not entries:
+        kinds = ", ".join(f".{e}" for e in sorted(MEDIA_EXTENSIONS)[:6])
+        raise InputListError(
+            f"--input {spec!r}: no media in it (looked for files named {kinds}, ...)"
+        )
     return entries
 
 

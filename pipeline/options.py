@@ -1,8 +1,23 @@
-"""The pipeline's own options, parsed alongside Beam's (--runner, --direct_num_workers, ...)."""
+"""The pipeline's own options, parsed alongside Beam's (--runner, --direct_num_workers, ...).
+
+`parse_args` is the command line's one entry: it answers --help (the project's options with their
+defaults) and --help-beam (every option of every Beam options class installed), and refuses,
+before any work, an argument that neither the project nor any installed Beam options class
+knows, naming it and the closest known option (Beam itself would only log "Discarding
+unparseable args" and run with the defaults).
+"""
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import argparse
+import contextlib
+import difflib
+import sys
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+PROG = "python -m pipeline.run"
+USAGE = f"{PROG} --runner=DirectRunner --input=VIDEOS --output=OUT [options] [Beam options]"
 
 
 class SoundNetOptions(PipelineOptions):
@@ -108,3 +123,60 @@ class SoundNetOptions(PipelineOptions):
             default=1.0,
             help="exit non-zero when more than this fraction of inputs fail",
         )
+
+
+class UsageError(ValueError):
+    """The command line is wrong; the message says how (exit status 2)."""
+
+
+def _beam_parser() -> _BeamArgumentParser:
+    """The parser Beam builds from every registered options class (runners' included)."""
+    with contextlib.suppress(ImportError):  # DaskOptions registers when its runner is imported
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    parser = _BeamArgumentParser(prog=PROG, allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _project_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=USAGE,
+        description="Videos -> WebDataset shards of their audio and the visual teachers' "
+        "class distributions (README, 'Stage 1').",
+        epilog="Every Beam option passes through as well (--runner, --direct_running_mode, "
+        "--direct_num_workers, Dataflow's, Flink's, Spark's, Dask's, ...): "
+        f"`{PROG} --help-beam` lists them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    SoundNetOptions._add_argparse_args(parser)
+    parser.add_argument("--help-beam", action="store_true", help="list Beam's options")
+    return parser
+
+
+def parse_args(argv: list[str]) -> PipelineOptions:
+    """Beam's PipelineOptions for `argv`; SystemExit(0) after --help / --help-beam; UsageError
+    for an argument nobody knows."""
+    if any(a in ("-h", "--help") for a in argv):
+        _project_parser().print_help()
+        raise SystemExit(0)
+    beam = _beam_parser()
+    if "--help-beam" in argv:
+        beam.print_help()
+        raise SystemExit(0)
+    _, unknown = beam.parse_known_args(argv)  # wrong values are argparse's errors (exit 2)
+    if unknown:
+        known = [s for s in beam._option_string_actions if s.startswith("--")]
+        name = unknown[0].split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f" (see {PROG} --help)"
+        what = "option" if name.startswith("-") else "argument"
+        raise UsageError(f"unknown {what} {unknown[0]!r}{hint}")
+    return PipelineOptions(argv)
+
+
+def print_usage_error(err: UsageError) -> int:
+    print(f"{PROG}: error: {err}", file=sys.stderr)
+    return 2

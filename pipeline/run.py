@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import decode, files, progress
 from pipeline.inputs import InputListError, read_input_entries
-from pipeline.options import SoundNetOptions
+from pipeline.options import SoundNetOptions, UsageError, parse_args, print_usage_error
 from pipeline.plan import Plan, make_plan, remove_pending, write_pending
 from pipeline.segments import SegmentPlan
 from pipeline.task import RunSettings
@@ -73,13 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     started = time.time()
     args = list(argv if argv is not None else sys.argv[1:])
-    options = PipelineOptions(args)
+    try:
+        options = parse_args(args)
+        opts = options.view_as(SoundNetOptions)
+        if not opts.input or not opts.output:
+            raise UsageError("--input and --output are required (see --help)")
+        output = opts.output = opts.output.rstrip("/")
+        if not files.is_remote(output) and os.path.exists(output) and not os.path.isdir(output):
+            raise UsageError(f"--output {output}: is a file, not a directory")
+    except UsageError as err:
+        return print_usage_error(err)
     use_all_cores(options, args)
-    opts = options.view_as(SoundNetOptions)
-    if not opts.input or not opts.output:
-        print("error: --input and --output are required (see --help)", file=sys.stderr)
-        return 2
-    output = opts.output = opts.output.rstrip("/")
 
     # Plan: inputs -> shard tasks, written under the output (or checked against its plan)
     try:
@@ -92,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             output, entries, opts.videos_per_shard, content_options(opts, segments, teachers)
         )
     except (InputListError, TeacherError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return print_usage_error(UsageError(err))
     for t in teachers:
         files.write_atomic(str(labels_path(output, t.head)), format_labels(list(t.labels)).encode())
 

@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         output = args.output or str(root / "out")
         scheduler_file = root / "scheduler.json"
-        # the workers import the project (on a real cluster: the image from docker/)
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path}
+        # the workers import the installed project (make setup; on a cluster: the image
+        # from docker/, or `pip install` of this repository on each worker)
+        env = dict(os.environ)
         dask = [sys.executable, "-m", "dask"]
         # every listener on 127.0.0.1, the HTTP (dashboard/metrics) ones included
         local = ["--host=127.0.0.1", "--no-dashboard", "--dashboard-address=127.0.0.1:0"]

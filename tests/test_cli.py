@@ -1,0 +1,126 @@
+"""The commands as a user meets them: an installed package, options that cannot be mistyped,
+help that lists the options, one-line errors for wrong paths."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.options import SoundNetOptions, _project_parser
+from tests.conftest import REPO, run_module
+
+PACKAGES = {"schemas", "pipeline", "models", "trainer", "eval", "recipes"}
+
+
+def pipeline_run(*args: str) -> subprocess.CompletedProcess:
+    return run_module("pipeline.run", *args, timeout=120)
+
+
+def test_a_mistyped_option_stops_the_run_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    proc = pipeline_run(f"--input={REPO / 'samples' / 'videos'}", f"--output={out}",
+                        "--runner=DirectRunner", "--segment-second=10",
+                        "--objects-teachr=resnet50")  # fmt: skip
+    assert proc.returncode == 2
+    assert "unknown option '--segment-second=10'" in proc.stderr
+    assert "did you mean --segment-seconds?" in proc.stderr
+    assert not out.exists()  # nothing planned, nothing read
+    assert "apitools" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_beam_options_of_every_runner_pass_through(tmp_path):
+    """Options of the direct, Dataflow, Flink, Spark and Dask runners are known; the run goes
+    on to the next check (here: an input folder without media)."""
+    (tmp_path / "in").mkdir()
+    proc = pipeline_run(f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}",
+                        "--runner=DirectRunner", "--direct_num_workers=2",
+                        "--direct_running_mode=multi_threading", "--project=p",
+                        "--dataflow_service_options=x", "--flink_master=localhost:8081",
+                        "--spark_master_url=local[2]", "--dask_client_address=localhost:8786",
+                        "--experiments=a", "--experiments=b")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m pipeline.run: error: --input '{tmp_path / 'in'}': no media in it "
+        "(looked for files named .3g2, .3gp, .asf, .avi, .flv, .m2ts, ...)"
+    ]
+
+
+def test_help_lists_every_project_option_with_its_default():
+    proc = pipeline_run("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for action in _project_parser()._actions:
+        flag = max(action.option_strings, key=len)
+        assert flag in text
+    options = [a for a in _project_parser()._actions if a.dest not in ("help", "help_beam")]
+    assert len(options) == len(_options_of(SoundNetOptions)) >= 14
+    for action in options:
+        assert f"(default: {action.default})" in text, action.dest
+    assert "--help-beam" in text
+    beam = pipeline_run("--help-beam")
+    assert beam.returncode == 0 and "--direct_num_workers" in beam.stdout
+
+
+def _options_of(cls) -> list[str]:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cls._add_argparse_args(parser)
+    return [a.dest for a in parser._actions if a.dest != "help"]
+
+
+def test_wrong_paths_are_one_line_errors(tmp_path):
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("not a folder")
+    proc = pipeline_run(f"--input={REPO / 'samples' / 'videos'}", f"--output={a_file}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m pipeline.run: error: --output {a_file}: is a file, not a directory"
+    ]
+    listing = tmp_path / "none.txt"
+    listing.write_text("# nothing listed\n")
+    proc = pipeline_run(f"--input={listing}", f"--output={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "no media in it" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_project_is_installed_and_imports_from_any_folder(tmp_path):
+    """`make setup` installs it (editable) into .venv: programs in .venv/bin import it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import eval.hear, pipeline.run, recipes.demo; print(eval.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    scripts = Path(sys.executable).parent
+    for name in ("soundnet-pipeline", "soundnet-train", "soundnet-eval", "soundnet-reproduce"):
+        assert (scripts / name).is_file(), name
+    help_text = subprocess.run([scripts / "soundnet-train", "--help"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert help_text.returncode == 0 and "--shards" in help_text.stdout
+
+
+@pytest.mark.slow
+def test_pip_wheel_builds_a_wheel_holding_every_package(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("soundnet-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.startswith("soundnet-")} == PACKAGES
+    for package in PACKAGES:  # every module of every package, not just the folders
+        modules = {p.relative_to(REPO).as_posix() for p in (REPO / package).rglob("*.py")}
+        assert modules <= set(names), modules - set(names)
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = re.findall(r"^Requires-Dist: (\S+)$", zipfile.ZipFile(wheel).read(metadata).decode(),
+                          flags=re.M)  # fmt: skip
+    pinned = [line.split()[0] for line in (REPO / "requirements.txt").read_text().splitlines()
+              if line and not line.startswith("#")]  # fmt: skip
+    assert requires == pinned  # the runtime pins, exactly
