@@ -38,6 +38,17 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
+# The paper's recipe end to end: videos -> shards -> SoundNet-8 (STEPS steps) -> the ESC table
+# beside random init, MFCC, the authors' network and the paper (OUT/results.md). Reruns redo
+# nothing that is done. E.g. make reproduce VIDEOS=../shared/data/videos
+#                               ESC=../shared/data/esc10 OUT=runs/reproduce STEPS=100
+.PHONY: reproduce
+reproduce: setup
+	@test -n "$(VIDEOS)" -a -n "$(ESC)" -a -n "$(OUT)" || \
+		{ echo "usage: make reproduce VIDEOS=DIR ESC=DIR OUT=DIR [STEPS=N]"; exit 2; }
+	$(PY) -m recipes.reproduce --videos "$(VIDEOS)" --esc "$(ESC)" --out "$(OUT)" \
+		$(if $(STEPS),--steps $(STEPS))
+
 # The pipeline on a local Dask cluster (scheduler + 2 workers on 127.0.0.1), started and stopped.
 .PHONY: cluster-demo
 cluster-demo: setup

@@ -21,12 +21,14 @@ class LabelsError(ValueError):
     """A labels file cannot be read or makes no sense; the message names it."""
 
 
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet-1k names in ILSVRC synset order, from torchvision's offline weights
-    metadata (no weights are loaded or downloaded; imported here, only callers pay for it)."""
-    from torchvision.models import ResNet18_Weights
+IMAGENET1K_FILE = Path(__file__).with_name("imagenet1k.txt")
 
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k names in ILSVRC synset order: torchvision's weights metadata
+    (`ResNet18_Weights.IMAGENET1K_V1.meta["categories"]`, tests check they agree), kept as a
+    file because importing torchvision for them costs seconds at every start."""
+    return IMAGENET1K_FILE.read_text(encoding="utf-8").splitlines()
 
 
 def generic_labels(head: str, num_classes: int) -> list[str]:

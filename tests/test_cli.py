@@ -118,6 +118,7 @@ def test_pip_wheel_builds_a_wheel_holding_every_package(tmp_path):
     for package in PACKAGES:  # every module of every package, not just the folders
         modules = {p.relative_to(REPO).as_posix() for p in (REPO / package).rglob("*.py")}
         assert modules <= set(names), modules - set(names)
+    assert "schemas/imagenet1k.txt" in names  # data the code reads
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = re.findall(r"^Requires-Dist: (\S+)$", zipfile.ZipFile(wheel).read(metadata).decode(),
                           flags=re.M)  # fmt: skip

@@ -155,3 +155,13 @@ def test_version_2_records_the_frame_interval_and_version_1_still_reads():
     assert SampleMetadata.from_json(json.dumps(middle)).frame_interval() is None
     with pytest.raises(SampleError, match="schema_version 3"):
         SampleMetadata.from_json(json.dumps(dict(meta, schema_version=3)))
+
+
+def test_the_imagenet_names_are_torchvisions():
+    from torchvision.models import ResNet18_Weights
+
+    from schemas.labels import imagenet_labels
+
+    names = imagenet_labels()
+    assert names == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    assert len(names) == len(set(names)) == 1000

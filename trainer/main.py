@@ -145,10 +145,12 @@ def set_learning_rate(
 
 
 def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+        level=level, format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
     )
+    # also when something else configured logging first (the trainer run in-process)
+    logging.getLogger("trainer").setLevel(level)
 
 
 def seed_process(seed: int, device: torch.device) -> None:
