@@ -95,8 +95,10 @@ class SoundNetOptions(PipelineOptions):
             "--videos-per-shard",
             dest="videos_per_shard",
             type=int,
-            default=100,
-            help="most videos in one shard task: one worker call writes a task's shards",
+            default=0,
+            help="most videos in one shard task (one worker call writes a task's shards); "
+            "0: ceil(videos / 64), from 4 to 1000, so that small corpora spread over 64 "
+            "workers and shards of short clips fill up",
         )
         add(
             "--shard-audio-minutes",

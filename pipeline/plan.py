@@ -32,6 +32,9 @@ PLAN_DIR = "_plan"
 CONFIG_FILE = "config.json"
 TASKS_FILE = "tasks.parquet"
 PENDING_PREFIX = "pending-"
+# --videos-per-shard 0 (the default): enough tasks for this many worker threads, 4 to 1000
+# videos a task (1000 short clips fill a shard near its audio target)
+AUTO_TASKS, AUTO_MIN_VIDEOS, AUTO_MAX_VIDEOS = 64, 4, 1000
 TASKS_PER_PLAN_FILE = 1000  # 100,000 videos a file at the default task size
 
 
@@ -79,6 +82,16 @@ def assign_ids(entries: list[tuple[str, str | None]]) -> tuple[list[str], list[s
     return uris, list(owners)
 
 
+def task_size(videos_per_shard: int, num_videos: int) -> int:
+    """Videos a task: `--videos-per-shard`, or for 0 a size that depends on the corpus alone
+    (never on the machine, so that any runner plans the same shards)."""
+    if videos_per_shard < 0:
+        raise ValueError("--videos-per-shard must be 0 (automatic) or more")
+    if videos_per_shard:
+        return videos_per_shard
+    return min(AUTO_MAX_VIDEOS, max(AUTO_MIN_VIDEOS, -(-num_videos // AUTO_TASKS)))
+
+
 def make_plan(
     output: str, entries: list[tuple[str, str | None]], videos_per_shard: int, options: dict
 ) -> Plan:
@@ -86,9 +99,8 @@ def make_plan(
 
     `options` are the settings that decide the output's content besides the inputs; a plan
     made with other ones (or other inputs) is refused with the differences named."""
-    if videos_per_shard < 1:
-        raise ValueError("--videos-per-shard must be at least 1")
     uris, ids = assign_ids(entries)
+    videos_per_shard = task_size(videos_per_shard, len(uris))
     digest = hashlib.sha256()
     for uri, video_id in zip(uris, ids, strict=True):
         digest.update(f"{uri}\t{video_id}\n".encode())

@@ -113,3 +113,14 @@ def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures
         server.server_close()
     with local_media(str(tmp_path / "clip.mp4")) as path:
         assert path == str(tmp_path / "clip.mp4")
+
+
+def test_the_default_task_size_follows_the_corpus_not_the_machine():
+    from pipeline.plan import task_size
+
+    assert [task_size(0, n) for n in (1, 59, 256, 2_000, 64_000, 2_000_000)] == [
+        4, 4, 4, 32, 1000, 1000
+    ]  # fmt: skip
+    assert task_size(50, 2_000) == 50  # given: as given
+    with pytest.raises(ValueError, match="videos-per-shard"):
+        task_size(-1, 10)
