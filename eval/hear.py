@@ -181,4 +181,4 @@ def get_timestamp_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     frames = model.timestamp_frames(audio)
     timestamps = model.timestamps_ms(audio.shape[1]).float().to(frames.device)
-    return frames, timestamps.expand(audio.shape[0], -1)
+    return frames, timestamps.expand(audio.shape[0], -1).contiguous()
