@@ -71,13 +71,14 @@ class SoundNetEmbedding(nn.Module):
                 f"{self.frame_hop} samples, e.g. {self.frame_hop} or {self.frame_hop // 2}"
             )
         self.phases = self.frame_hop // self.hop  # network passes per call
-        # Frame u of a pass hears [frame_hop*u + start, ... + field_size): its centre, twice
-        # (a half-sample when the field is odd), is 2*frame_hop*u + centre2.
+        # Frame u of a pass hears [frame_hop*u + start, ... + field_size): its centre is
+        # frame_hop*u + centre2 / 2 (in half samples: an odd field centres between two).
         centre2 = 2 * start + self.field_size
         self.offset = (centre2 % 2) / 2  # timestamps are offset + k * hop samples
         # Pass j pads the clip with pads[j] samples of silence before it, so that its frames
         # are centred at offset + (j + phases * i) * hop with i = 0, 1, ... (first_frame[j] on):
-        # the smallest pad that aligns them and leaves the first one's whole field in silence.
+        # the smallest pad that aligns them and puts the first one's whole field inside the
+        # padded input (silence before the clip, never the network's own zero padding).
         self.pads: list[int] = []
         self.first_frame: list[int] = []
         for j in range(self.phases):
