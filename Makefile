@@ -63,5 +63,37 @@ bench-unseen: setup
 	$(PY) bench/make_videos.py build/unseen-videos
 	$(PY) bench/pipeline.py --videos build/unseen-videos
 
+# The HEAR 2021 tools (once; again when their pins below change: the stamp is named after them): the official
+# validator and hear-eval-kit's embedding runner, into .venv/hear-tools, outside site-packages,
+# on PYTHONPATH only when they run. Both import TensorFlow even for a torch model; in
+# site-packages it would be imported by torch's SummaryWriter in every training run. Their own
+# metadata pins Python < 3.9 (hearvalidator) and numpy 1.19 / numba 0.48 (heareval), which
+# cannot install on 3.11, so they go in without their dependencies, beside what their runners
+# really import: TensorFlow's CPU build, intervaltree and python-slugify (click, torch, numpy,
+# soundfile and tqdm are the project's), at the versions .venv already has (the constraints).
+HEAR_TOOLS_DIR := .venv/hear-tools
+HEAR_DEPS := tensorflow-cpu==2.21.0 intervaltree==3.2.1 python-slugify==9.2.0
+HEAR_TOOLS := hearvalidator==2021.0.6 heareval==2021.1.3
+HEAR_STAMP := .venv/.hear-$(shell echo $(HEAR_DEPS) $(HEAR_TOOLS) | cksum | cut -d' ' -f1)
+HEAR_PATH := PYTHONPATH=$(CURDIR)/$(HEAR_TOOLS_DIR)
+$(HEAR_STAMP): | $(STAMP)
+	rm -rf $(HEAR_TOOLS_DIR) .venv/.hear-* && mkdir -p $(HEAR_TOOLS_DIR)
+	$(PY) -m pip freeze --exclude-editable > $(HEAR_TOOLS_DIR)/constraints.txt
+	$(PY) -m pip install -q --target $(HEAR_TOOLS_DIR) -c $(HEAR_TOOLS_DIR)/constraints.txt \
+		$(HEAR_DEPS)
+	$(PY) -m pip install -q --target $(HEAR_TOOLS_DIR) --upgrade --no-deps --ignore-requires-python \
+		$(HEAR_TOOLS)
+	$(HEAR_PATH) $(PY) -c "import heareval.embeddings.runner, hearvalidator.validate"
+	@touch $@
+
+# The validator on eval.hear with the authors' weights, as README's HEAR section runs it.
+.PHONY: hear-validate hear-eval-kit
+hear-validate: $(HEAR_STAMP) weights
+	$(HEAR_PATH) $(HEAR_TOOLS_DIR)/bin/hear-validator eval.hear -m original:soundnet8
+
+# The HEAR tests: the validator, the impulse test, heareval's runner on a small ESC-10 task.
+hear-eval-kit: $(HEAR_STAMP) weights
+	$(PY) -m pytest -q tests/test_hear.py
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -73,6 +73,28 @@ def output_length(layers: Sequence[ConvSpec], num_samples: int) -> int:
     return length
 
 
+def receptive_field(body: nn.ModuleDict, layer: str) -> tuple[int, int, int]:
+    """(hop, start, size) of `layer`'s frames in input samples, read off the body's Conv1d and
+    MaxPool1d modules (BatchNorm and ReLU act per sample): frame u of `layer` hears the input
+    samples [hop * u + start, hop * u + start + size). `start` is negative where the
+    convolutions' zero padding lies before the input."""
+    hop, start, size = 1, 0, 1
+    for name, block in body.items():
+        for module in block.modules():
+            if isinstance(module, nn.Conv1d | nn.MaxPool1d):
+                kernel, stride, padding = (
+                    v if isinstance(v, int) else v[0]
+                    for v in (module.kernel_size, module.stride, module.padding)
+                )
+                # frame v of this module reads its input frames [stride*v - padding, ... + kernel)
+                start -= padding * hop
+                size += (kernel - 1) * hop
+                hop *= stride
+        if name == layer:
+            return hop, start, size
+    raise ValueError(f"unknown layer {layer!r}; choose from {list(body.keys())}")
+
+
 class ConvBlock(nn.Sequential):
     """Conv1d -> BatchNorm -> ReLU."""
 

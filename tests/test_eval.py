@@ -314,11 +314,16 @@ def test_hear_api(tmp_path: Path) -> None:
     assert scene.shape == (2, 512)
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     assert emb.shape[:2] == ts.shape and emb.shape[0] == 2 and emb.shape[2] == 256
-    assert emb.shape[1] == -(-3 * 22050 // 2048)  # the 3 s of real audio, not the tiling
-    assert torch.all(ts[:, 1:] > ts[:, :-1]) and ts[0, 0] == pytest.approx(1000 * 1024 / 22050)
+    # the default hop is 1024 samples (46.4 ms): stamps at 0, 46.4, ... ms up to the end of the
+    # 3 s of audio and none past it (tests/test_hear.py checks that they are the frames' centres)
+    hop_ms = 1000 * 1024 / 22050
+    assert model.hop == 1024 and emb.shape[1] == 3 * 22050 // 1024 + 1
+    assert ts[0] == pytest.approx(torch.arange(emb.shape[1]) * hop_ms)
+    assert 3000 - hop_ms < ts[0, -1] <= 3000 and torch.equal(ts[0], ts[1])
     assert torch.isfinite(scene).all() and torch.isfinite(emb).all()
 
     encoder = hear.SoundNetEmbedding(build_model("autoencoder", {}))  # no pool5, no heads
-    assert encoder.scene_layer == encoder.timestamp_layer == "conv4" and encoder.hop == 1024
+    assert encoder.scene_layer == encoder.timestamp_layer == "conv4"
+    assert encoder.frame_hop == encoder.hop == 1024 and encoder.phases == 1  # 46.4 ms already
     emb, ts = hear.get_timestamp_embeddings(audio[:1], encoder)
-    assert emb.shape == (1, -(-3 * 22050 // 1024), 128) and ts.shape == emb.shape[:2]
+    assert emb.shape == (1, 3 * 22050 // 1024 + 1, 128) and ts.shape == emb.shape[:2]
