@@ -75,9 +75,6 @@ class FrameStream:
         self.threads, self.backend = threads, backend
         self.used: list[str] = []  # the decoders that made the frames, in order
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
     def __iter__(self) -> Iterator[np.ndarray]:
         if not len(self.targets):
             return
