@@ -1,12 +1,19 @@
-"""The trainer's data loader against its train step, on the same machine, in one run.
+"""The trainer's data loader against its train step and against its decoding floor, in one run.
 
     .venv/bin/python bench/trainer.py --shards OUT [--batch-size 16] [--workers 2]
 
-Loader alone: the real training loader (shards read, FLAC decoded, aligned 20 s crops, batches)
-over --loader-batches batches after a warm-up. Step alone: forward, KL loss, backward and Adam
-step of the model on one batch of the same data, already in memory. The loader must outrun the
-step, or the accelerator (or CPU) waits on data. Prints `loader_over_step=<ratio>` last: the
-loader's samples/s over the step's.
+Loader: the real training loader (shards read, audio decoded, aligned 20 s crops, batches handed
+from its worker processes to this one) over --loader-batches batches, after a warm-up that fills
+every worker's shuffle buffer. Its cost per core is the CPU time its workers and this process
+spend per sample delivered (each batch carries its worker's CPU clock): a rate per core, not the
+wall clock, is what compares between a small shared machine and a GPU node's many cores.
+Decode: the audio members of the same samples (the keys the loader delivered, as often as it
+did) decoded alone on one core, with the codec's own decoder: the floor of any loader of these
+shards. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
+data, already on the device.
+
+Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
+`decode_per_core=` and, last, `loader_over_decode=` (the loader's share of its floor).
 """
 
 from __future__ import annotations
@@ -14,17 +21,82 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 # bench/ is sys.path[0]; this file's own name would shadow the trainer package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
-from schemas import SAMPLE_RATE  # noqa: E402
+from schemas import SAMPLE_RATE, decode_sample  # noqa: E402
+from schemas.sample import audio_member, decode_audio  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.losses import distillation_loss  # noqa: E402
+from trainer.tarstream import tar_samples  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LoaderRun:
+    rate: float  # samples/s, wall clock
+    worker_cpu_s: float
+    main_cpu_s: float
+    keys: list[str]  # the samples delivered in the timed window, in order
+    first: dict  # a batch, for the step
+
+    @property
+    def per_core(self) -> float:
+        return len(self.keys) / (self.worker_cpu_s + self.main_cpu_s)
+
+
+def run_loader(urls: list[str], heads: list[str], steps: int, step_samples: int,
+               args: argparse.Namespace, pin_memory: bool) -> LoaderRun:  # fmt: skip
+    loader = data.make_loader(
+        urls, heads, args.batch_size, steps=steps, step_samples=step_samples,
+        workers=args.workers, pin_memory=pin_memory,
+    )  # fmt: skip
+    batches = iter(loader)
+    # warm-up: every worker's shuffle buffer full (until then it reads two samples per one out)
+    buffer_batches = -(-(256 - 64) // args.batch_size)
+    last_clock: dict[int, float] = {}
+    for _ in range(buffer_batches * max(1, args.workers) + 2):
+        batch = next(batches)
+        last_clock[batch["events"]["worker"]] = batch["events"]["cpu_s"]
+    first = batch
+    keys, worker_cpu = [], 0.0
+    began, main_began = time.perf_counter(), time.process_time()
+    for _ in range(args.loader_batches):
+        batch = next(batches)
+        worker, clock = batch["events"]["worker"], batch["events"]["cpu_s"]
+        worker_cpu += clock - last_clock[worker]  # that worker's CPU since its last batch
+        last_clock[worker] = clock
+        keys += batch["keys"]
+    wall, main_cpu = time.perf_counter() - began, time.process_time() - main_began
+    del batches, loader  # stop the workers before timing anything else
+    if not args.workers:  # one process: its clock is the loader's
+        worker_cpu = 0.0
+    return LoaderRun(len(keys) / wall, worker_cpu, main_cpu, keys, first)
+
+
+def decode_rate(urls: list[str], keys: list[str], min_cpu_s: float = 1.0) -> tuple[float, str]:
+    """Samples/s of one core decoding the audio members of `keys` (each as often as listed),
+    and the codecs met; repeated until it took `min_cpu_s` of CPU."""
+    wanted, members = set(keys), {}
+    for raw in tar_samples([{"url": u} for u in urls], handler=wds.reraise_exception):
+        if raw["__key__"] in wanted and raw["__key__"] not in members:
+            codec = audio_member(raw, decode_sample(raw, audio=False).metadata, raw["__key__"])
+            members[raw["__key__"]] = (codec, raw[codec])
+    todo = [members[key] for key in keys]
+    decoded, began = 0, time.process_time()
+    while decoded == 0 or time.process_time() - began < min_cpu_s:
+        for codec, payload in todo:
+            decode_audio(payload, codec)
+        decoded += len(todo)
+    rate = decoded / (time.process_time() - began)
+    return rate, ", ".join(sorted(Counter(codec for codec, _ in todo)))
 
 
 def main() -> None:
@@ -34,7 +106,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--crop-seconds", type=float, default=20.0)
-    p.add_argument("--loader-batches", type=int, default=20)
+    p.add_argument("--loader-batches", type=int, default=40, help="timed, after the warm-up")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -44,30 +116,18 @@ def main() -> None:
     source = data.resolve_shards(args.shards)
     heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
     model = build_model(args.arch, heads).to(device)
-    steps = round(
-        args.crop_seconds * SAMPLE_RATE / model.step_samples
-    )  # crops of the model's steps
+    steps = round(args.crop_seconds * SAMPLE_RATE / model.step_samples)  # crops of model steps
     print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
 
-    # loader alone (the first batches start the workers and fill the shuffle buffer)
-    loader = data.make_loader(
-        source.urls, list(heads), args.batch_size, steps=steps,
-        step_samples=model.step_samples, workers=args.workers,
-    )  # fmt: skip
-    batches = iter(loader)
-    batch = next(batches)
-    next(batches)
-    began = time.perf_counter()
-    for _ in range(args.loader_batches):
-        next(batches)
-    loader_rate = args.loader_batches * args.batch_size / (time.perf_counter() - began)
-    del batches, loader  # stop the workers before timing the step
-    print(f"loader: {loader_rate:.1f} samples/s ({args.workers} workers)")
+    # loader alone, then the same samples' audio decoded alone
+    run = run_loader(source.urls, list(heads), steps, model.step_samples, args,
+                     pin_memory=device.type == "cuda")  # fmt: skip
+    print(f"loader: {run.rate:.1f} samples/s ({args.workers} workers)")
+    floor, codecs = decode_rate(source.urls, run.keys)
 
     # train step alone, on a batch of the same data
     optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.999))
-    wave = batch["wave"].to(device)
-    targets = {h: t.to(device) for h, t in batch["targets"].items()}
+    wave, targets = data.batch_to(run.first, device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -95,7 +155,16 @@ def main() -> None:
     # each sample is a crop of args.crop_seconds of audio
     audio_hours = step_rate * args.crop_seconds  # audio-seconds per second = audio-h per h
     print(f"throughput: {audio_hours:.0f} audio-hours per {device.type.upper()}-hour (step alone)")
-    print(f"loader_over_step={loader_rate / step_rate:.2f}")
+    print(f"loader_over_step={run.rate / step_rate:.2f}")
+
+    # per core: the loader's CPU (workers and this process) against decoding alone
+    print(f"loader CPU: {run.worker_cpu_s:.2f} s in {args.workers} workers + "
+          f"{run.main_cpu_s:.2f} s in the training process for {len(run.keys)} samples")  # fmt: skip
+    print(f"loader_per_core={run.per_core:.1f}")
+    print(f"decode alone ({codecs}, the same {len(run.keys)} samples, one core): "
+          f"{floor:.1f} samples/s")  # fmt: skip
+    print(f"decode_per_core={floor:.1f}")
+    print(f"loader_over_decode={run.per_core / floor:.3f}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ back; the pipeline, trainer and eval all go through them. Nothing is ever unpick
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -266,10 +268,34 @@ def audio_member(members: dict[str, Any], meta: SampleMetadata, key: str) -> str
 
 
 def decode_npy(data: bytes, where: str = "sample") -> np.ndarray:
+    """An .npy member -> its array, never unpickled. The common case (version 1.0, C order, no
+    objects, whole) is read in place (read-only) after numpy parses its header, once per
+    distinct header: np.load parses every header anew (30 us, a third of a pcm16 sample's
+    decoding). Anything else goes through np.load's own checks."""
+    if data[:8] == _NPY_V1 and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        try:
+            shape, fortran, dtype = _npy_header(bytes(data[:end]))
+        except ValueError as err:
+            raise SampleError(f"{where}: unreadable .npy member: {err}") from err
+        count = math.prod(shape)
+        if not (fortran or dtype.hasobject) and len(data) - end == count * dtype.itemsize:
+            return np.frombuffer(data, dtype, count, end).reshape(shape)
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as err:  # includes "Object arrays cannot be loaded when allow_pickle=False"
         raise SampleError(f"{where}: refused or unreadable .npy member: {err}") from err
+
+
+_NPY_V1 = b"\x93NUMPY\x01\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a version-1.0 .npy header, by numpy's own parser."""
+    stream = io.BytesIO(header)
+    np.lib.format.read_magic(stream)
+    return np.lib.format.read_array_header_1_0(stream)
 
 
 def decode_sample(members: dict[str, Any], audio: bool = True) -> Sample:
