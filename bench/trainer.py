@@ -52,31 +52,32 @@ class LoaderRun:
         return len(self.keys) / (self.worker_cpu_s + self.main_cpu_s)
 
 
-def run_loader(urls: list[str], heads: list[str], steps: int, step_samples: int,
-               args: argparse.Namespace, pin_memory: bool) -> LoaderRun:  # fmt: skip
+def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int, batches: int, *,
+               steps: int, step_samples: int, pin_memory: bool = False) -> LoaderRun:  # fmt: skip
+    """The real training loader over `batches` batches, timed after a warm-up that fills every
+    worker's shuffle buffer (until then it reads two samples for each one it hands out)."""
     loader = data.make_loader(
-        urls, heads, args.batch_size, steps=steps, step_samples=step_samples,
-        workers=args.workers, pin_memory=pin_memory,
+        urls, heads, batch_size, steps=steps, step_samples=step_samples, workers=workers,
+        pin_memory=pin_memory,
     )  # fmt: skip
-    batches = iter(loader)
-    # warm-up: every worker's shuffle buffer full (until then it reads two samples per one out)
-    buffer_batches = -(-(256 - 64) // args.batch_size)
+    stream = iter(loader)
+    buffer_batches = -(-(256 - 64) // batch_size)
     last_clock: dict[int, float] = {}
-    for _ in range(buffer_batches * max(1, args.workers) + 2):
-        batch = next(batches)
+    for _ in range(buffer_batches * max(1, workers) + 2):
+        batch = next(stream)
         last_clock[batch["events"]["worker"]] = batch["events"]["cpu_s"]
     first = batch
     keys, worker_cpu = [], 0.0
     began, main_began = time.perf_counter(), time.process_time()
-    for _ in range(args.loader_batches):
-        batch = next(batches)
+    for _ in range(batches):
+        batch = next(stream)
         worker, clock = batch["events"]["worker"], batch["events"]["cpu_s"]
         worker_cpu += clock - last_clock[worker]  # that worker's CPU since its last batch
         last_clock[worker] = clock
         keys += batch["keys"]
     wall, main_cpu = time.perf_counter() - began, time.process_time() - main_began
-    del batches, loader  # stop the workers before timing anything else
-    if not args.workers:  # one process: its clock is the loader's
+    del stream, loader  # stop the workers before timing anything else
+    if not workers:  # one process: its clock is the loader's
         worker_cpu = 0.0
     return LoaderRun(len(keys) / wall, worker_cpu, main_cpu, keys, first)
 
@@ -97,6 +98,35 @@ def decode_rate(urls: list[str], keys: list[str], min_cpu_s: float = 1.0) -> tup
         decoded += len(todo)
     rate = decoded / (time.process_time() - began)
     return rate, ", ".join(sorted(Counter(codec for codec, _ in todo)))
+
+
+def train_step_rate(model: torch.nn.Module, batch: dict, device: torch.device, steps: int) -> float:
+    """Samples/s of forward, KL loss, backward and Adam step on one batch already on `device`
+    (bf16 autocast on CUDA, as the trainer)."""
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.999))
+    wave, targets = data.batch_to(batch, device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    def step() -> None:
+        with autocast:
+            loss, _ = distillation_loss(model(wave), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocations, kernel choice
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(wave) / (time.perf_counter() - began)
 
 
 def main() -> None:
@@ -120,36 +150,14 @@ def main() -> None:
     print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
 
     # loader alone, then the same samples' audio decoded alone
-    run = run_loader(source.urls, list(heads), steps, model.step_samples, args,
+    run = run_loader(source.urls, list(heads), args.batch_size, args.workers, args.loader_batches,
+                     steps=steps, step_samples=model.step_samples,
                      pin_memory=device.type == "cuda")  # fmt: skip
     print(f"loader: {run.rate:.1f} samples/s ({args.workers} workers)")
     floor, codecs = decode_rate(source.urls, run.keys)
 
     # train step alone, on a batch of the same data
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.999))
-    wave, targets = data.batch_to(run.first, device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-
-    def step() -> None:
-        with autocast:
-            loss, _ = distillation_loss(model(wave), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # warm-up: allocations, kernel choice
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    began = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    step_rate = args.steps * args.batch_size / (time.perf_counter() - began)
+    step_rate = train_step_rate(model, run.first, device, args.steps)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"train step: {step_rate:.1f} samples/s ({args.arch}, {device}, {precision})")
     # each sample is a crop of args.crop_seconds of audio
