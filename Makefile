@@ -50,5 +50,12 @@ bench-unseen: setup
 	$(PY) bench/make_videos.py build/unseen-videos
 	$(PY) bench/pipeline.py --videos build/unseen-videos
 
+# The one device check (bench/device.py): on a CUDA machine, shards made with the teachers on the
+# GPU and SoundNet-8 trained in bf16 from FLAC and from pcm16 shards, one table (< 8 min, offline);
+# without CUDA a small CPU smoke run of the same. Installs only into a missing .venv (no network).
+.PHONY: bench-device
+bench-device: | $(STAMP)
+	$(PY) bench/device.py
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

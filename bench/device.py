@@ -168,14 +168,16 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     model = build_model("soundnet8", heads).to(device)
     steps = round(CROP_SECONDS * SAMPLE_RATE / model.step_samples)
     loader = bench_trainer.run_loader(source.urls, list(heads), args.batch_size, args.workers,
-                        args.loader_batches, steps=steps, step_samples=model.step_samples,
-                        pin_memory=device.type == "cuda")  # fmt: skip
-    floor, _ = bench_trainer.decode_rate(source.urls, loader.keys, min_cpu_s=0.5)
+                                      args.loader_batches, steps=steps,
+                                      step_samples=model.step_samples,
+                                      pin_memory=device.type == "cuda")  # fmt: skip
     alone = bench_trainer.train_step_rate(model, loader.first, device, args.step_repeats)
     del model
     with GpuSampler() as gpu:
         with_loader = train_rate(out, out.parent / f"run-{codec}", args, device.type)
-    return CodecFigures(codec, shard_mb, loader.per_core, floor, alone, with_loader, gpu.mean)
+    return CodecFigures(
+        codec, shard_mb, loader.per_core, loader.decode_per_core, alone, with_loader, gpu.mean
+    )
 
 
 def print_table(device: str, pipeline: dict, teacher: float, rows: list[CodecFigures],
@@ -221,7 +223,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300 if cuda else 4, help="trainer.main steps")
     p.add_argument("--batch-size", type=int, default=64 if cuda else 4)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--loader-batches", type=int, default=40 if cuda else 10)
+    p.add_argument("--loader-batches", type=int, default=15 if cuda else 5, help="per round, x3")
     p.add_argument("--step-repeats", type=int, default=30 if cuda else 2)
     args = p.parse_args()
     args.log_every = max(1, args.steps // 10)

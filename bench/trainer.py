@@ -3,13 +3,14 @@
     .venv/bin/python bench/trainer.py --shards OUT [--batch-size 16] [--workers 2]
 
 Loader: the real training loader (shards read, audio decoded, aligned 20 s crops, batches handed
-from its worker processes to this one) over --loader-batches batches, after a warm-up that fills
-every worker's shuffle buffer. Its cost per core is the CPU time its workers and this process
-spend per sample delivered (each batch carries its worker's CPU clock): a rate per core, not the
-wall clock, is what compares between a small shared machine and a GPU node's many cores.
-Decode: the audio members of the same samples (the keys the loader delivered, as often as it
-did) decoded alone on one core, with the codec's own decoder: the floor of any loader of these
-shards. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
+from its worker processes to this one), timed after a warm-up that fills every worker's shuffle
+buffer. Its cost per core is the CPU time its workers and this process spend per sample
+delivered (each batch carries its worker's CPU clock): a rate per core, not the wall clock, is
+what compares between a small shared machine and a GPU node's many cores. Decode: the audio
+members of the same samples (the keys the loader delivered, as often as it did) decoded alone
+on one core, with the codec's own decoder: the floor of any loader of these shards. The two
+alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
+same machine. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
 data, already on the device.
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
@@ -39,23 +40,48 @@ from trainer.losses import distillation_loss  # noqa: E402
 from trainer.tarstream import tar_samples  # noqa: E402
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoaderRun:
     rate: float  # samples/s, wall clock
+    samples: int  # delivered in the timed windows
     worker_cpu_s: float
     main_cpu_s: float
-    keys: list[str]  # the samples delivered in the timed window, in order
+    decoded: int  # the same samples' audio, decoded alone
+    decode_cpu_s: float
+    codecs: str
     first: dict  # a batch, for the step
 
     @property
     def per_core(self) -> float:
-        return len(self.keys) / (self.worker_cpu_s + self.main_cpu_s)
+        return self.samples / (self.worker_cpu_s + self.main_cpu_s)
+
+    @property
+    def decode_per_core(self) -> float:
+        return self.decoded / self.decode_cpu_s
+
+
+class AudioMembers:
+    """The audio members of the shards' samples by key, read when first asked for."""
+
+    def __init__(self, urls: list[str]):
+        self.urls, self.members = urls, {}
+
+    def get(self, keys: list[str]) -> list[tuple[str, bytes]]:
+        if set(keys) - self.members.keys():
+            for raw in tar_samples([{"url": u} for u in self.urls], handler=wds.reraise_exception):
+                meta = decode_sample(raw, audio=False).metadata
+                codec = audio_member(raw, meta, raw["__key__"])
+                self.members[raw["__key__"]] = (codec, raw[codec])
+        return [self.members[key] for key in keys]
 
 
 def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int, batches: int, *,
-               steps: int, step_samples: int, pin_memory: bool = False) -> LoaderRun:  # fmt: skip
-    """The real training loader over `batches` batches, timed after a warm-up that fills every
-    worker's shuffle buffer (until then it reads two samples for each one it hands out)."""
+               steps: int, step_samples: int, pin_memory: bool = False, rounds: int = 3,
+               min_decode_s: float = 0.5) -> LoaderRun:  # fmt: skip
+    """The real training loader and its floor, in `rounds` rounds of `batches` batches each
+    followed by the decoding alone of those batches' samples (interleaved, so that both see the
+    same machine), after a warm-up that fills every worker's shuffle buffer (until then it reads
+    two samples for each one it hands out)."""
     loader = data.make_loader(
         urls, heads, batch_size, steps=steps, step_samples=step_samples, workers=workers,
         pin_memory=pin_memory,
@@ -66,38 +92,37 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
     for _ in range(buffer_batches * max(1, workers) + 2):
         batch = next(stream)
         last_clock[batch["events"]["worker"]] = batch["events"]["cpu_s"]
-    first = batch
-    keys, worker_cpu = [], 0.0
-    began, main_began = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        batch = next(stream)
-        worker, clock = batch["events"]["worker"], batch["events"]["cpu_s"]
-        worker_cpu += clock - last_clock[worker]  # that worker's CPU since its last batch
-        last_clock[worker] = clock
-        keys += batch["keys"]
-    wall, main_cpu = time.perf_counter() - began, time.process_time() - main_began
+    first, members = batch, AudioMembers(urls)
+    samples, worker_cpu, wall = 0, 0.0, 0.0
+    decoded, decode_cpu, codecs = 0, 0.0, Counter()
+    process_began = time.process_time()
+    for _ in range(rounds):
+        keys, began = [], time.perf_counter()
+        for _ in range(batches):
+            batch = next(stream)
+            worker, clock = batch["events"]["worker"], batch["events"]["cpu_s"]
+            worker_cpu += clock - last_clock[worker]  # that worker's CPU since its last batch
+            last_clock[worker] = clock
+            keys += batch["keys"]
+        wall += time.perf_counter() - began
+        samples += len(keys)
+        todo = members.get(keys)
+        codecs.update(codec for codec, _ in todo)
+        began = time.thread_time()  # this thread's alone: not a pin-memory thread's
+        while True:
+            for codec, payload in todo:
+                decode_audio(payload, codec)
+            decoded += len(todo)
+            if time.thread_time() - began >= min_decode_s / rounds:
+                break
+        decode_cpu += time.thread_time() - began
+    # this process's CPU for the loader: all of it in the rounds, less the decoding alone
+    main_cpu = time.process_time() - process_began - decode_cpu
     del stream, loader  # stop the workers before timing anything else
     if not workers:  # one process: its clock is the loader's
         worker_cpu = 0.0
-    return LoaderRun(len(keys) / wall, worker_cpu, main_cpu, keys, first)
-
-
-def decode_rate(urls: list[str], keys: list[str], min_cpu_s: float = 1.0) -> tuple[float, str]:
-    """Samples/s of one core decoding the audio members of `keys` (each as often as listed),
-    and the codecs met; repeated until it took `min_cpu_s` of CPU."""
-    wanted, members = set(keys), {}
-    for raw in tar_samples([{"url": u} for u in urls], handler=wds.reraise_exception):
-        if raw["__key__"] in wanted and raw["__key__"] not in members:
-            codec = audio_member(raw, decode_sample(raw, audio=False).metadata, raw["__key__"])
-            members[raw["__key__"]] = (codec, raw[codec])
-    todo = [members[key] for key in keys]
-    decoded, began = 0, time.process_time()
-    while decoded == 0 or time.process_time() - began < min_cpu_s:
-        for codec, payload in todo:
-            decode_audio(payload, codec)
-        decoded += len(todo)
-    rate = decoded / (time.process_time() - began)
-    return rate, ", ".join(sorted(Counter(codec for codec, _ in todo)))
+    return LoaderRun(samples / wall, samples, worker_cpu, main_cpu, decoded, decode_cpu,
+                     ", ".join(sorted(codecs)), first)  # fmt: skip
 
 
 def train_step_rate(model: torch.nn.Module, batch: dict, device: torch.device, steps: int) -> float:
@@ -136,7 +161,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--crop-seconds", type=float, default=20.0)
-    p.add_argument("--loader-batches", type=int, default=40, help="timed, after the warm-up")
+    p.add_argument("--loader-batches", type=int, default=20, help="timed, per round")
+    p.add_argument("--rounds", type=int, default=3, help="of loader batches, then decoding")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -149,12 +175,11 @@ def main() -> None:
     steps = round(args.crop_seconds * SAMPLE_RATE / model.step_samples)  # crops of model steps
     print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
 
-    # loader alone, then the same samples' audio decoded alone
+    # loader alone, and the same samples' audio decoded alone
     run = run_loader(source.urls, list(heads), args.batch_size, args.workers, args.loader_batches,
-                     steps=steps, step_samples=model.step_samples,
+                     steps=steps, step_samples=model.step_samples, rounds=args.rounds,
                      pin_memory=device.type == "cuda")  # fmt: skip
     print(f"loader: {run.rate:.1f} samples/s ({args.workers} workers)")
-    floor, codecs = decode_rate(source.urls, run.keys)
 
     # train step alone, on a batch of the same data
     step_rate = train_step_rate(model, run.first, device, args.steps)
@@ -167,12 +192,12 @@ def main() -> None:
 
     # per core: the loader's CPU (workers and this process) against decoding alone
     print(f"loader CPU: {run.worker_cpu_s:.2f} s in {args.workers} workers + "
-          f"{run.main_cpu_s:.2f} s in the training process for {len(run.keys)} samples")  # fmt: skip
+          f"{run.main_cpu_s:.2f} s in the training process for {run.samples} samples")  # fmt: skip
     print(f"loader_per_core={run.per_core:.1f}")
-    print(f"decode alone ({codecs}, the same {len(run.keys)} samples, one core): "
-          f"{floor:.1f} samples/s")  # fmt: skip
-    print(f"decode_per_core={floor:.1f}")
-    print(f"loader_over_decode={run.per_core / floor:.3f}")
+    print(f"decode alone ({run.codecs}, the same samples, one core): {run.decoded} in "
+          f"{run.decode_cpu_s:.2f} s")  # fmt: skip
+    print(f"decode_per_core={run.decode_per_core:.1f}")
+    print(f"loader_over_decode={run.per_core / run.decode_per_core:.3f}")
 
 
 if __name__ == "__main__":

@@ -302,18 +302,18 @@ def test_the_tar_reader_reads_what_webdataset_reads(factory_output, tmp_path):  
 def test_a_torn_tar_gives_its_whole_samples_and_then_one_error(factory_output):  # noqa: F811
     import io
 
-    from trainer.tarstream import TarError, group_members, tar_members
+    from trainer.tarstream import ShardReadError, group_members, tar_members
 
     payload = Path(resolve_shards(str(factory_output)).urls[0]).read_bytes()
     whole = list(group_members(tar_members(io.BytesIO(payload))))
     assert len(whole) >= 2
     for cut in (len(payload) // 3, len(payload) // 2 + 1000, 2 * len(payload) // 3):
         got = []
-        with pytest.raises(TarError, match="truncated"):
+        with pytest.raises(ShardReadError, match="truncated"):
             for sample in group_members(tar_members(io.BytesIO(payload[:cut]))):
                 got.append(sample)
         assert got == whole[: len(got)] and len(got) < len(whole)  # no torn sample among them
-    with pytest.raises(TarError, match="not a tar"):
+    with pytest.raises(ShardReadError, match="not a tar"):
         list(tar_members(io.BytesIO(b"not a tar" * 100)))
 
 

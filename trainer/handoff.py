@@ -9,12 +9,11 @@ fresh block of shared memory, whose pages cost more than decoding its audio: 12 
 faults per batch of 16 crops of 20 s (14 MB) measured on the 2-core development machine, against
 1.4 ms to fill a block again, and the training process pays again to map it. So each worker
 keeps a few blocks (memfd files it maps once) and reuses them: a batch travels as a small
-message (the block's file descriptor and where its arrays lie), and the training process,
-while unpickling it, reads the arrays out of the block with `os.preadv` (one kernel copy
-straight into the batch's tensors: pinned memory when the loader pins, so the DataLoader's pin
-step copies nothing more) and then marks the block free with `os.pwrite`. The training process
-never maps a block, so nothing it holds can change under it, and a block is reused only after
-its batch has been read out.
+message (the block's file descriptor and where its arrays lie), and the training process, while
+unpickling it, copies the arrays out of the block (which it maps once and keeps while it is in
+use) into the batch's own tensors: pinned memory when the loader pins, so the DataLoader's pin
+step copies nothing more. Then it marks the block free with `os.pwrite`, and only then may the
+worker fill it again; nothing the training process holds can change under it.
 
 In the training process itself (no workers), or where there is no memfd (not Linux), batches
 are plain tensors.
@@ -22,9 +21,11 @@ are plain tensors.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
+import time
 from collections.abc import Hashable, Mapping
 from multiprocessing.reduction import DupFd
 from typing import Any
@@ -127,18 +128,44 @@ class _Shipped:
 def _unpack(dup: Any, layout: list, rest: dict[str, Any], pin: bool) -> dict[str, Any]:
     fd = dup.detach()
     try:
+        block = _mapping(fd)
         tensors = {}
         pinned = pin and torch.cuda.is_available()
         for name, shape, dtype, offset in layout:
-            tensor = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], pin_memory=pinned)
-            view = memoryview(tensor.numpy()).cast("B")
-            if os.preadv(fd, [view], offset) != len(view):
-                raise RuntimeError(f"a loader batch block ended before its {name} array")
+            if pinned:  # from CUDA's caching host allocator: reused memory, ready to copy
+                tensor = torch.empty(shape, dtype=_TORCH_DTYPES[dtype], pin_memory=True)
+            else:  # numpy's large arrays get huge pages: a fraction of torch.empty's page faults
+                tensor = torch.from_numpy(np.empty(shape, dtype))
+            source = np.frombuffer(block, dtype, math.prod(shape), offset).reshape(shape)
+            np.copyto(tensor.numpy(), source)
+            del source  # no view of the block outlives the copy
             tensors[name] = tensor
-        os.pwrite(fd, bytes([FREE]), 0)  # read out: the worker may fill the block again
+        os.pwrite(fd, bytes([FREE]), 0)  # copied out: the worker may fill the block again
     finally:
         os.close(fd)
     return _assemble(tensors, rest)
+
+
+IDLE_S = 30.0
+_mapped: dict[tuple[int, int], list] = {}  # (device, inode) -> [read-only mapping, last used]
+
+
+def _mapping(fd: int) -> mmap.mmap:
+    """The block behind `fd`, as this (the training) process maps it: once, and kept while it
+    is in use (mapping a block anew each batch would fault its pages in again). A block unused
+    for IDLE_S, its worker gone, is unmapped, so that the kernel can free it."""
+    now = time.monotonic()
+    for key, (old, used) in list(_mapped.items()):
+        if now - used > IDLE_S:
+            del _mapped[key]
+            with contextlib.suppress(BufferError):
+                old.close()
+    stat = os.fstat(fd)
+    key = (stat.st_dev, stat.st_ino)  # unique while mapped: the mapping keeps the file alive
+    if key not in _mapped:
+        _mapped[key] = [mmap.mmap(fd, stat.st_size, prot=mmap.PROT_READ), now]
+    _mapped[key][1] = now
+    return _mapped[key][0]
 
 
 _TORCH_DTYPES = {

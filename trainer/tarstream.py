@@ -19,6 +19,7 @@ in progress is dropped, never yielded incomplete.
 from __future__ import annotations
 
 import contextlib
+import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -28,8 +29,9 @@ BLOCK = 512
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular files (7: contiguous)
 
 
-class TarError(ValueError):
-    """A shard is not a readable tar; the message says what is wrong."""
+class ShardReadError(tarfile.ReadError):
+    """A shard is not a readable tar (a tarfile.ReadError, as webdataset's reader raised); the
+    message says what is wrong."""
 
 
 def tar_samples(
@@ -65,7 +67,7 @@ def group_members(members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, An
                 yield current
             current = {"__key__": key}
         if ext in current:
-            raise TarError(f"{name}: a second '{ext}' member for key {key!r}")
+            raise ShardReadError(f"{name}: a second '{ext}' member for key {key!r}")
         current[ext] = data
     if current is not None:
         yield current
@@ -81,17 +83,17 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if not header or header.count(0) == BLOCK:  # end of archive (or of the stream)
             return
         if len(header) < BLOCK:
-            raise TarError(f"truncated: a header of {len(header)} bytes")
+            raise ShardReadError(f"truncated: a header of {len(header)} bytes")
         _check_header(header)
         kind = header[156:157]
         name = long_name if long_name is not None else _header_name(header)
         size = long_size if long_size is not None else _number(header[124:136], "size")
         data = read(size)
         if len(data) != size:
-            raise TarError(f"truncated: {name} ends after {len(data)} of {size} bytes")
+            raise ShardReadError(f"truncated: {name} ends after {len(data)} of {size} bytes")
         padding = -size % BLOCK
         if padding and len(read(padding)) != padding:
-            raise TarError(f"truncated: {name}'s padding is cut short")
+            raise ShardReadError(f"truncated: {name}'s padding is cut short")
         long_name = long_size = None
         if kind in _FILE_TYPES:
             yield name, data
@@ -108,7 +110,7 @@ def _check_header(header: bytes) -> None:
     """The header's checksum: the sum of its bytes with the checksum field read as spaces."""
     stored = _number(header[148:156], "checksum")
     if stored != sum(header) - sum(header[148:156]) + 8 * 32:
-        raise TarError("not a tar: bad header checksum")
+        raise ShardReadError("not a tar: bad header checksum")
 
 
 def _header_name(header: bytes) -> str:
@@ -128,7 +130,7 @@ def _number(field: bytes, what: str) -> int:
     try:
         return int(digits, 8) if digits else 0
     except ValueError:
-        raise TarError(f"not a tar: header {what} {digits[:12]!r} is not a number") from None
+        raise ShardReadError(f"not a tar: header {what} {digits[:12]!r} is not a number") from None
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -138,7 +140,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos)
         length = int(data[pos:space]) if data[pos:space].isdigit() else 0
         if length <= space - pos:
-            raise TarError("not a tar: bad PAX header")
+            raise ShardReadError("not a tar: bad PAX header")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
         pos += length
