@@ -95,5 +95,12 @@ hear-validate: $(HEAR_STAMP) weights
 hear-eval-kit: $(HEAR_STAMP) weights
 	$(PY) -m pytest -q tests/test_hear.py
 
+# The one device check (bench/device.py): on a CUDA machine, shards made with the teachers on the
+# GPU and SoundNet-8 trained in bf16 from FLAC and from pcm16 shards, one table (< 8 min, offline);
+# without CUDA a small CPU smoke run of the same. Installs only into a missing .venv (no network).
+.PHONY: bench-device
+bench-device: | $(STAMP)
+	$(PY) bench/device.py
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,12 +1,20 @@
-"""The trainer's data loader against its train step, on the same machine, in one run.
+"""The trainer's data loader against its train step and against its decoding floor, in one run.
 
     .venv/bin/python bench/trainer.py --shards OUT [--batch-size 16] [--workers 2]
 
-Loader alone: the real training loader (shards read, FLAC decoded, aligned 20 s crops, batches)
-over --loader-batches batches after a warm-up. Step alone: forward, KL loss, backward and Adam
-step of the model on one batch of the same data, already in memory. The loader must outrun the
-step, or the accelerator (or CPU) waits on data. Prints `loader_over_step=<ratio>` last: the
-loader's samples/s over the step's.
+Loader: the real training loader (shards read, audio decoded, aligned 20 s crops, batches handed
+from its worker processes to this one), timed after a warm-up that fills every worker's shuffle
+buffer. Its cost per core is the CPU time its workers and this process spend per sample
+delivered (each batch carries its worker's CPU clock): a rate per core, not the wall clock, is
+what compares between a small shared machine and a GPU node's many cores. Decode: the audio
+members of the same samples (the keys the loader delivered, as often as it did) decoded alone
+on one core, with the codec's own decoder: the floor of any loader of these shards. The two
+alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
+same machine. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
+data, already on the device.
+
+Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
+`decode_per_core=` and, last, `loader_over_decode=` (the loader's share of its floor).
 """
 
 from __future__ import annotations
@@ -14,60 +22,114 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 # bench/ is sys.path[0]; this file's own name would shadow the trainer package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
-from schemas import SAMPLE_RATE  # noqa: E402
+from schemas import SAMPLE_RATE, decode_sample  # noqa: E402
+from schemas.sample import audio_member, decode_audio  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.losses import distillation_loss  # noqa: E402
+from trainer.tarstream import tar_samples  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", required=True, help="as trainer.main's --shards")
-    p.add_argument("--arch", default="soundnet8", choices=("soundnet8", "soundnet5"))
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--crop-seconds", type=float, default=20.0)
-    p.add_argument("--loader-batches", type=int, default=20)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    args = p.parse_args()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    source = data.resolve_shards(args.shards)
-    heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
-    model = build_model(args.arch, heads).to(device)
-    steps = round(
-        args.crop_seconds * SAMPLE_RATE / model.step_samples
-    )  # crops of the model's steps
-    print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
+@dataclass
+class LoaderRun:
+    rate: float  # samples/s, wall clock
+    samples: int  # delivered in the timed windows
+    worker_cpu_s: float
+    main_cpu_s: float
+    decoded: int  # the same samples' audio, decoded alone
+    decode_cpu_s: float
+    codecs: str
+    first: dict  # a batch, for the step
 
-    # loader alone (the first batches start the workers and fill the shuffle buffer)
+    @property
+    def per_core(self) -> float:
+        return self.samples / (self.worker_cpu_s + self.main_cpu_s)
+
+    @property
+    def decode_per_core(self) -> float:
+        return self.decoded / self.decode_cpu_s
+
+
+class AudioMembers:
+    """The audio members of the shards' samples by key, read when first asked for."""
+
+    def __init__(self, urls: list[str]):
+        self.urls, self.members = urls, {}
+
+    def get(self, keys: list[str]) -> list[tuple[str, bytes]]:
+        if set(keys) - self.members.keys():
+            for raw in tar_samples([{"url": u} for u in self.urls], handler=wds.reraise_exception):
+                meta = decode_sample(raw, audio=False).metadata
+                codec = audio_member(raw, meta, raw["__key__"])
+                self.members[raw["__key__"]] = (codec, raw[codec])
+        return [self.members[key] for key in keys]
+
+
+def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int, batches: int, *,
+               steps: int, step_samples: int, pin_memory: bool = False, rounds: int = 3,
+               min_decode_s: float = 0.5) -> LoaderRun:  # fmt: skip
+    """The real training loader and its floor, in `rounds` rounds of `batches` batches each
+    followed by the decoding alone of those batches' samples (interleaved, so that both see the
+    same machine), after a warm-up that fills every worker's shuffle buffer (until then it reads
+    two samples for each one it hands out)."""
     loader = data.make_loader(
-        source.urls, list(heads), args.batch_size, steps=steps,
-        step_samples=model.step_samples, workers=args.workers,
+        urls, heads, batch_size, steps=steps, step_samples=step_samples, workers=workers,
+        pin_memory=pin_memory,
     )  # fmt: skip
-    batches = iter(loader)
-    batch = next(batches)
-    next(batches)
-    began = time.perf_counter()
-    for _ in range(args.loader_batches):
-        next(batches)
-    loader_rate = args.loader_batches * args.batch_size / (time.perf_counter() - began)
-    del batches, loader  # stop the workers before timing the step
-    print(f"loader: {loader_rate:.1f} samples/s ({args.workers} workers)")
+    stream = iter(loader)
+    buffer_batches = -(-(256 - 64) // batch_size)
+    last_clock: dict[int, float] = {}
+    for _ in range(buffer_batches * max(1, workers) + 2):
+        batch = next(stream)
+        last_clock[batch["events"]["worker"]] = batch["events"]["cpu_s"]
+    first, members = batch, AudioMembers(urls)
+    samples, worker_cpu, wall = 0, 0.0, 0.0
+    decoded, decode_cpu, codecs = 0, 0.0, Counter()
+    process_began = time.process_time()
+    for _ in range(rounds):
+        keys, began = [], time.perf_counter()
+        for _ in range(batches):
+            batch = next(stream)
+            worker, clock = batch["events"]["worker"], batch["events"]["cpu_s"]
+            worker_cpu += clock - last_clock[worker]  # that worker's CPU since its last batch
+            last_clock[worker] = clock
+            keys += batch["keys"]
+        wall += time.perf_counter() - began
+        samples += len(keys)
+        todo = members.get(keys)
+        codecs.update(codec for codec, _ in todo)
+        began = time.thread_time()  # this thread's alone: not a pin-memory thread's
+        while True:
+            for codec, payload in todo:
+                decode_audio(payload, codec)
+            decoded += len(todo)
+            if time.thread_time() - began >= min_decode_s / rounds:
+                break
+        decode_cpu += time.thread_time() - began
+    # this process's CPU for the loader: all of it in the rounds, less the decoding alone
+    main_cpu = time.process_time() - process_began - decode_cpu
+    del stream, loader  # stop the workers before timing anything else
+    if not workers:  # one process: its clock is the loader's
+        worker_cpu = 0.0
+    return LoaderRun(samples / wall, samples, worker_cpu, main_cpu, decoded, decode_cpu,
+                     ", ".join(sorted(codecs)), first)  # fmt: skip
 
-    # train step alone, on a batch of the same data
+
+def train_step_rate(model: torch.nn.Module, batch: dict, device: torch.device, steps: int) -> float:
+    """Samples/s of forward, KL loss, backward and Adam step on one batch already on `device`
+    (bf16 autocast on CUDA, as the trainer)."""
     optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.999))
-    wave = batch["wave"].to(device)
-    targets = {h: t.to(device) for h, t in batch["targets"].items()}
+    wave, targets = data.batch_to(batch, device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -85,17 +147,57 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     began = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    step_rate = args.steps * args.batch_size / (time.perf_counter() - began)
+    return steps * len(wave) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", required=True, help="as trainer.main's --shards")
+    p.add_argument("--arch", default="soundnet8", choices=("soundnet8", "soundnet5"))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--crop-seconds", type=float, default=20.0)
+    p.add_argument("--loader-batches", type=int, default=20, help="timed, per round")
+    p.add_argument("--rounds", type=int, default=3, help="of loader batches, then decoding")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    source = data.resolve_shards(args.shards)
+    heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
+    model = build_model(args.arch, heads).to(device)
+    steps = round(args.crop_seconds * SAMPLE_RATE / model.step_samples)  # crops of model steps
+    print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
+
+    # loader alone, and the same samples' audio decoded alone
+    run = run_loader(source.urls, list(heads), args.batch_size, args.workers, args.loader_batches,
+                     steps=steps, step_samples=model.step_samples, rounds=args.rounds,
+                     pin_memory=device.type == "cuda")  # fmt: skip
+    print(f"loader: {run.rate:.1f} samples/s ({args.workers} workers)")
+
+    # train step alone, on a batch of the same data
+    step_rate = train_step_rate(model, run.first, device, args.steps)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"train step: {step_rate:.1f} samples/s ({args.arch}, {device}, {precision})")
     # each sample is a crop of args.crop_seconds of audio
     audio_hours = step_rate * args.crop_seconds  # audio-seconds per second = audio-h per h
     print(f"throughput: {audio_hours:.0f} audio-hours per {device.type.upper()}-hour (step alone)")
-    print(f"loader_over_step={loader_rate / step_rate:.2f}")
+    print(f"loader_over_step={run.rate / step_rate:.2f}")
+
+    # per core: the loader's CPU (workers and this process) against decoding alone
+    print(f"loader CPU: {run.worker_cpu_s:.2f} s in {args.workers} workers + "
+          f"{run.main_cpu_s:.2f} s in the training process for {run.samples} samples")  # fmt: skip
+    print(f"loader_per_core={run.per_core:.1f}")
+    print(f"decode alone ({run.codecs}, the same samples, one core): {run.decoded} in "
+          f"{run.decode_cpu_s:.2f} s")  # fmt: skip
+    print(f"decode_per_core={run.decode_per_core:.1f}")
+    print(f"loader_over_decode={run.per_core / run.decode_per_core:.3f}")
 
 
 if __name__ == "__main__":

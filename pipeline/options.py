@@ -16,6 +16,8 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from schemas import AUDIO_CODECS, DEFAULT_AUDIO_CODEC
+
 PROG = "python -m pipeline.run"
 USAGE = f"{PROG} --runner=DirectRunner --input=VIDEOS --output=OUT [options] [Beam options]"
 
@@ -107,6 +109,14 @@ class SoundNetOptions(PipelineOptions):
             default=120.0,
             help="a shard is closed once it holds this much audio (about 200 MB of FLAC); "
             "a task of long videos rolls over to a new shard",
+        )
+        add(
+            "--audio-codec",
+            dest="audio_codec",
+            choices=AUDIO_CODECS,
+            default=DEFAULT_AUDIO_CODEC,
+            help="the shards' audio: flac (half the bytes; the loader decodes it, about 100 "
+            "20 s samples/s a core) or pcm16 (raw int16: costs no decoding, for GPU training)",
         )
         add(
             "--decode-timeout",

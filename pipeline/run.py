@@ -65,6 +65,7 @@ def content_options(
         "frame_interval": segments.frame_interval,
         "min_segment_seconds": segments.min_segment_seconds,
         "shard_audio_minutes": opts.shard_audio_minutes,
+        "audio_codec": opts.audio_codec,
         "heads": {t.head: [t.name, t.weights_sha256] for t in teachers},
     }
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # The Beam job: every unfinished task, each written whole by one worker call
     settings = RunSettings(
         output, segments, teachers, opts.device, opts.teacher_batch_size, opts.decode_timeout,
-        opts.shard_audio_minutes * 60,
+        opts.shard_audio_minutes * 60, opts.audio_codec,
     )  # fmt: skip
     files.remove_temporaries(output)
     remove_pending(output)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas import SAMPLE_RATE, HeadInfo, Sample, SampleMetadata, sample_key
+from schemas import DEFAULT_AUDIO_CODEC, SAMPLE_RATE, HeadInfo, Sample, SampleMetadata, sample_key
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,10 @@ def segment_samples(
     rows: dict[str, np.ndarray],
     heads: dict[str, HeadInfo],
     frame_interval: float,
+    audio_codec: str = DEFAULT_AUDIO_CODEC,
 ) -> list[Sample]:
     """One video's samples: each segment's audio with its teacher rows (`rows[head]` holds the
-    rows of `segments`' frames, in order)."""
+    rows of `segments`' frames, in order), to be stored as `audio_codec`."""
     samples, first = [], 0
     for seg in segments:
         n = len(seg.frame_times_s)
@@ -103,6 +104,7 @@ def segment_samples(
             frame_times_s=list(seg.frame_times_s),
             heads=heads,
             frame_interval_s=frame_interval,
+            audio_codec=audio_codec,
         )
         probs = {h: r[first : first + n] for h, r in rows.items()}
         audio_of = audio[seg.start_sample : seg.stop_sample]

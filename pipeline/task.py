@@ -26,7 +26,7 @@ from pipeline.progress import Position
 from pipeline.segments import Segment, SegmentPlan, frame_times, plan_segments, segment_samples
 from pipeline.shards import ShardSequence
 from pipeline.teachers import TeacherInfo
-from schemas import SAMPLE_RATE
+from schemas import DEFAULT_AUDIO_CODEC, SAMPLE_RATE
 
 log = logging.getLogger("pipeline")
 
@@ -42,6 +42,7 @@ class RunSettings:
     teacher_batch_size: int = 32
     decode_timeout_s: float = 600.0
     shard_audio_s: float = 7200.0
+    audio_codec: str = DEFAULT_AUDIO_CODEC  # --audio-codec: the samples' audio member
 
 
 @dataclass
@@ -147,7 +148,7 @@ class TaskWriter:
         video = decoded.video
         samples = segment_samples(
             video.video_id, video.uri, decoded.audio, decoded.segments, done.rows, self.heads,
-            self.settings.segments.frame_interval,
+            self.settings.segments.frame_interval, self.settings.audio_codec,
         )  # fmt: skip
         for sample, segment in zip(samples, decoded.segments, strict=True):
             shards.add_sample(sample, Position(video.position, segment.index))

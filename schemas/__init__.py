@@ -19,6 +19,8 @@ from schemas.layout import (
     shard_name,
 )
 from schemas.sample import (
+    AUDIO_CODECS,
+    DEFAULT_AUDIO_CODEC,
     SAMPLE_RATE,
     SCHEMA_VERSION,
     HeadInfo,
@@ -47,6 +49,8 @@ from schemas.tables import (
 )
 
 __all__ = [
+    "AUDIO_CODECS",
+    "DEFAULT_AUDIO_CODEC",
     "FAILURES_FILE",
     "FrameIntervalError",
     "LabelsError",

@@ -165,3 +165,62 @@ def test_the_imagenet_names_are_torchvisions():
     names = imagenet_labels()
     assert names == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
     assert len(names) == len(set(names)) == 1000
+
+
+def test_pcm16_samples_hold_raw_int16_and_decode_to_the_same_sample_as_flac():
+    import dataclasses
+
+    flac = make_sample(seconds=2.0)
+    pcm = dataclasses.replace(
+        flac, metadata=dataclasses.replace(flac.metadata, audio_codec="pcm16")
+    )
+    members = encode_sample(pcm)
+    assert set(members) == {"__key__", "pcm16", "objects.npy", "json"}
+    assert members["pcm16"] == flac.audio.astype("<i2").tobytes()  # little-endian int16
+    back, from_flac = decode_sample(members), decode_sample(encode_sample(flac))
+    assert back.metadata.audio_codec == "pcm16" and from_flac.metadata.audio_codec == "flac"
+    np.testing.assert_array_equal(back.audio, from_flac.audio)
+    assert back.audio.dtype == np.int16
+    np.testing.assert_array_equal(back.probs["objects"], from_flac.probs["objects"])
+    assert decode_sample(members, audio=False).audio.shape == back.audio.shape
+
+
+def test_an_audio_member_that_does_not_match_the_recorded_codec_is_refused():
+    import json
+
+    members = encode_sample(make_sample())  # audio_codec "flac", a flac member
+    meta = json.loads(members["json"])
+    says_pcm16 = {**members, "json": json.dumps(dict(meta, audio_codec="pcm16")).encode()}
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: .*'pcm16' .*'flac' member instead"):
+        decode_sample(says_pcm16)
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: .*'pcm16' .*'flac' member instead"):
+        decode_sample(says_pcm16, audio=False)  # checked without decoding the audio too
+    renamed = {k: v for k, v in members.items() if k != "flac"} | {"pcm16": members["flac"]}
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: .*'flac' .*'pcm16' member instead"):
+        decode_sample(renamed)
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: a 'flac' and a 'pcm16' member"):
+        decode_sample({**members, "pcm16": b"\0\0"})
+    unknown = {**members, "json": json.dumps(dict(meta, audio_codec="mp3")).encode()}
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: audio_codec 'mp3'"):
+        decode_sample(unknown)
+    torn = encode_sample(make_sample())
+    pcm_meta = json.dumps(dict(meta, audio_codec="pcm16")).encode()
+    odd = {k: v for k, v in torn.items() if k != "flac"} | {"pcm16": b"\0" * 3, "json": pcm_meta}
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: pcm16 member of 3 bytes"):
+        decode_sample(odd)
+
+
+def test_npy_members_read_in_place_equal_np_load_and_others_still_go_through_it():
+    from schemas.sample import decode_npy
+
+    rows = np.random.default_rng(1).dirichlet(np.ones(7), size=3).astype(np.float16)
+    for array in (rows, np.asfortranarray(rows.astype(np.float32)), rows[:0]):
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        got = decode_npy(buf.getvalue())
+        np.testing.assert_array_equal(got, np.load(io.BytesIO(buf.getvalue())))
+        assert got.dtype == array.dtype and got.shape == array.shape
+    buf = io.BytesIO()
+    np.save(buf, rows)
+    with pytest.raises(SampleError, match="refused or unreadable"):
+        decode_npy(buf.getvalue()[:-2])  # a torn member: numpy's own error

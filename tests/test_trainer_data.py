@@ -168,8 +168,13 @@ def test_heads_and_label_names_come_from_the_pipeline_output(factory_output):  #
 def test_batches_hold_scaled_20s_waves_and_aligned_rows(factory_output):  # noqa: F811
     urls = resolve_shards(str(factory_output)).urls
     batch = next(iter(make_loader(urls, ["objects", "scenes"], 3, workers=0)))
-    assert batch["wave"].shape == (3, 4 * STEP_SAMPLES) and batch["wave"].dtype == torch.float32
-    assert 1.0 < batch["wave"].abs().max() <= 256.0  # int16 audio x 256 / 32768
+    # int16 crosses from the workers; the network gets int16 x 256 / 32768, scaled on the device
+    assert batch["wave"].shape == (3, 4 * STEP_SAMPLES) and batch["wave"].dtype == torch.int16
+    wave, targets = data.batch_to(batch, torch.device("cpu"))
+    assert wave.dtype == torch.float32 and 1.0 < wave.abs().max() <= 256.0
+    expected = batch["wave"].numpy().astype(np.float32) * np.float32(256 / 32768)  # as before
+    np.testing.assert_array_equal(wave.numpy(), expected)
+    assert targets["objects"] is batch["targets"]["objects"]
     assert batch["targets"]["objects"].shape == (3, 4, 16)
     assert batch["targets"]["scenes"].shape == (3, 4, 6)
     assert torch.allclose(batch["targets"]["objects"].sum(-1), torch.ones(3, 4), atol=1e-2)
@@ -267,3 +272,64 @@ def test_ranks_read_different_shards(factory_output, monkeypatch):  # noqa: F811
     again = shards_opened(urls, monkeypatch, 0, 2, resample=True, batches=6)
     other = shards_opened(urls, monkeypatch, 1, 2, resample=True, batches=6)
     assert first == again and first != other
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading shards and handing batches over
+
+
+def test_the_tar_reader_reads_what_webdataset_reads(factory_output, tmp_path):  # noqa: F811
+    from trainer.tarstream import tar_samples
+
+    samples = make_samples(clips(2), [5.0, 5.0])
+    long_id = "v" * 120  # a member name over ustar's 100 characters: a PAX header
+    shard = tmp_path / "shard-long.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for sample in samples:
+            members = encode_sample(sample)
+            if sample is samples[1]:
+                members = {**members, "__key__": long_id}
+            sink.write(members)
+    urls = [*resolve_shards(str(factory_output)).urls, str(shard)]
+    ours = list(tar_samples([{"url": u} for u in urls], handler=wds.reraise_exception))
+    theirs = list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
+    assert ours[-1]["__key__"] == long_id
+    for mine, wds_sample in zip(ours, theirs, strict=True):
+        assert mine == {k: v for k, v in wds_sample.items() if k != "__local_path__"}
+
+
+def test_a_torn_tar_gives_its_whole_samples_and_then_one_error(factory_output):  # noqa: F811
+    import io
+
+    from trainer.tarstream import ShardReadError, group_members, tar_members
+
+    payload = Path(resolve_shards(str(factory_output)).urls[0]).read_bytes()
+    whole = list(group_members(tar_members(io.BytesIO(payload))))
+    assert len(whole) >= 2
+    for cut in (len(payload) // 3, len(payload) // 2 + 1000, 2 * len(payload) // 3):
+        got = []
+        with pytest.raises(ShardReadError, match="truncated"):
+            for sample in group_members(tar_members(io.BytesIO(payload[:cut]))):
+                got.append(sample)
+        assert got == whole[: len(got)] and len(got) < len(whole)  # no torn sample among them
+    with pytest.raises(ShardReadError, match="not a tar"):
+        list(tar_members(io.BytesIO(b"not a tar" * 100)))
+
+
+def test_batches_from_a_worker_are_the_in_process_ones_even_when_all_are_held(
+    factory_output,  # noqa: F811
+):
+    """Worker batches travel in reused shared blocks (trainer/handoff.py): holding every batch
+    must not see one change when its block is filled again."""
+    urls = resolve_shards(str(factory_output)).urls
+    held = {}
+    for workers in (0, 1):
+        loader = make_loader(urls, ["objects", "scenes"], 3, workers=workers, seed=5)
+        held[workers] = [batch for _, batch in zip(range(12), loader, strict=False)]
+    for ours, theirs in zip(held[0], held[1], strict=True):
+        assert ours["keys"] == theirs["keys"]
+        assert torch.equal(ours["wave"], theirs["wave"]) and theirs["wave"].dtype == torch.int16
+        for head in ("objects", "scenes"):
+            assert torch.equal(ours["targets"][head], theirs["targets"][head])
+    assert theirs["events"]["worker"] == 0 and held[0][0]["events"]["worker"] == -1

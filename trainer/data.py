@@ -4,7 +4,8 @@
     info = inspect_shards(source.urls)      # heads and frame interval of the first samples
     loader = make_loader(source.urls, list(info.heads), batch_size=64, workers=4,
                          step_samples=model.step_samples)
-    for batch in loader:                    # {"wave": [B, N], "targets": {head: [B, 4, C]}, ...}
+    for batch in loader:                    # {"wave": int16 [B, N], "targets": {head: [B, 4, C]}, ...}
+        wave, targets = batch_to(batch, device)  # wave: float32 in [-256, 256] on the device
 
 The pipeline (pipeline/) writes one sample per segment of up to 20 s, with one teacher frame at
 the centre of each whole `--frame-interval` step (SPEC.md section 3). A training example is a
@@ -13,7 +14,11 @@ step is trained on the mean of the teacher rows of the frames inside it (one row
 5 s interval, two at 2.5 s); an interval that does not divide the step is refused
 (schemas.frames). A longer segment gives a random step-aligned crop, a shorter one is tiled
 (its steps repeated, their targets with them), and one shorter than a step is repeated to fill
-the crop under the mean of its frames. Audio is scaled to the network's [-256, 256].
+the crop under the mean of its frames. Shards' audio may be FLAC or raw int16 (pcm16); both read alike.
+
+The waves cross from the loader's workers to the training process as int16, in shared memory
+(half the bytes of float32, no copy on the way), and are scaled to the network's [-256, 256]
+on the device (`batch_to`): int16 x 2^-7 is exact in float32, so the model sees the same numbers.
 
 Shards are read as an endless stream: by default each rank and worker resamples shards at
 random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
@@ -29,6 +34,7 @@ import functools
 import glob
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +62,15 @@ from schemas import (
 )
 from schemas.frames import step_rows
 from schemas.labels import is_url
+from trainer.handoff import BatchBuffers
+from trainer.tarstream import tar_samples
 
 log = logging.getLogger(__name__)
 
 # The default student's output step (SoundNet-8's conv8: 5 s); callers pass their model's.
 DEFAULT_STEP_SAMPLES = ARCHITECTURES[DEFAULT_ARCH].step_samples
 CROP_STEPS = 4  # the paper's 20 s training crop: 4 output steps
+PCM_SCALE = WAVE_SCALE / 32768  # int16 -> the network's [-256, 256]: 2^-7, exact in float32
 
 
 class ShardSpecError(ValueError):
@@ -135,7 +144,7 @@ def inspect_shards(urls: Sequence[str], max_shards: int = 20, max_samples: int =
     for url in urls[:max_shards]:
         try:
             metas: list[SampleMetadata] = []
-            for raw in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+            for raw in tar_samples([{"url": url}], handler=wds.reraise_exception):
                 metas.append(decode_sample(raw, audio=False).metadata)
                 if metas[-1].frame_interval() is not None or len(metas) >= max_samples:
                     break
@@ -201,7 +210,8 @@ def crop_steps(
     step_samples: int = DEFAULT_STEP_SAMPLES,
     frames_per_step: int | None = 1,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(audio [steps * step_samples], {head: rows [steps, C]}) with step i <-> row i.
+    """(audio [steps * step_samples], {head: rows [steps, C]}) with step i <-> row i; the audio
+    is a view of `audio` when the segment holds the whole crop, else a tiled copy.
 
     Whole step j of a segment holds its frames j*k .. j*k+k-1 (k = `frames_per_step`) and is
     trained on the mean of their rows; a partial trailing step is dropped. A segment shorter
@@ -210,7 +220,7 @@ def crop_steps(
     (None: the central one, for validation)."""
     whole = len(audio) // step_samples
     if whole == 0:  # shorter than one step: its frames label the whole crop
-        wave = np.resize(audio, steps * step_samples)  # np.resize repeats cyclically
+        wave = _repeated(audio, steps * step_samples)
         return wave, {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
     if frames_per_step is None:
         rows = {h: np.repeat(_mean_row(p), whole, axis=0) for h, p in probs.items()}
@@ -227,11 +237,24 @@ def crop_steps(
     if whole >= steps:
         last = whole - steps
         first = rng.randint(0, last) if rng is not None else last // 2
-        index = np.arange(first, first + steps)
-    else:  # tile: steps 0..whole-1 repeated, their targets with them
-        index = np.arange(steps) % whole
+        wave = audio[first * step_samples : (first + steps) * step_samples]
+        return wave, {h: r[first : first + steps] for h, r in rows.items()}
+    index = np.arange(steps) % whole  # tile: steps 0..whole-1 repeated, their targets with them
     wave = audio[: whole * step_samples].reshape(whole, step_samples)[index].reshape(-1)
     return wave, {h: r[index] for h, r in rows.items()}
+
+
+def _repeated(audio: np.ndarray, length: int) -> np.ndarray:
+    """`audio` repeated cyclically to `length` samples (np.resize's result, by doubling copies:
+    np.resize concatenates one copy per repeat, 0.3 ms for a short clip)."""
+    out = np.empty(length, dtype=audio.dtype)
+    filled = min(len(audio), length)
+    out[:filled] = audio[:filled]
+    while filled < length:  # out[:filled] holds whole repeats: copy them on
+        more = min(filled, length - filled)
+        out[filled : filled + more] = out[:more]
+        filled += more
+    return out
 
 
 def _mean_row(rows: np.ndarray) -> np.ndarray:
@@ -252,7 +275,8 @@ def make_example(
     rng: random.Random | None,
     step_samples: int = DEFAULT_STEP_SAMPLES,
 ) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
-    """A raw WebDataset sample -> (key, float32 wave in [-256, 256], {head: float32 rows})."""
+    """A raw WebDataset sample (FLAC or pcm16 audio) -> (key, int16 wave of the crop, {head:
+    float32 rows})."""
     sample = decode_sample(raw)  # validates the metadata, shapes and distributions
     missing = [h for h in heads if h not in sample.probs]
     if missing:
@@ -264,8 +288,7 @@ def make_example(
         sample.audio, probs, steps, rng, where=sample.key, step_samples=step_samples,
         frames_per_step=per_step,
     )  # fmt: skip
-    wave = audio.astype(np.float32) * np.float32(WAVE_SCALE / 32768)
-    return sample.key, wave, {h: r.astype(np.float32) for h, r in rows.items()}
+    return sample.key, audio, {h: r.astype(np.float32, copy=False) for h, r in rows.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,28 +346,52 @@ class LoaderEvents:
     def decoded(self) -> None:
         self.consecutive_failures = 0
 
-    def drain(self) -> dict[str, list]:
+    def drain(self) -> dict[str, Any]:
+        worker = torch.utils.data.get_worker_info()
         out = {
             "shards": self.shards,
             "shard_errors": self.shard_errors,
             "sample_errors": self.sample_errors,
+            # which process made the batch and its CPU seconds so far: what a batch costs
+            # (bench/trainer.py's loader_per_core)
+            "worker": worker.id if worker is not None else -1,
+            "cpu_s": time.process_time(),
         }
         self.shards, self.shard_errors, self.sample_errors = [], [], []
         return out
 
 
 def collate(
-    examples: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], events: LoaderEvents
-) -> dict[str, Any]:
-    heads = list(examples[0][2])
-    return {
-        "keys": [key for key, _, _ in examples],
-        "wave": torch.from_numpy(np.stack([wave for _, wave, _ in examples])),
-        "targets": {
-            h: torch.from_numpy(np.stack([rows[h] for *_, rows in examples])) for h in heads
-        },
-        "events": events.drain(),
+    examples: list[tuple[str, np.ndarray, dict[str, np.ndarray]]],
+    events: LoaderEvents,
+    pin: bool = False,
+) -> Any:
+    """Crops -> {"keys", "wave": int16 [B, N], "targets": {head: float32 [B, steps, C]},
+    "events"}, each crop copied once, straight into the memory the batch travels in
+    (trainer/handoff.py: from a worker, the batch arrives when the training process unpickles it)."""
+    first_rows = examples[0][2]
+    specs: dict[Any, tuple[tuple[int, ...], Any]] = {
+        "wave": ((len(examples), *examples[0][1].shape), np.int16),
+        **{("targets", h): ((len(examples), *r.shape), np.float32) for h, r in first_rows.items()},
     }
+    buffers = BatchBuffers(specs, pin)
+    wave = buffers.arrays["wave"]
+    for i, (_, crop, rows) in enumerate(examples):
+        wave[i] = crop
+        for head, r in rows.items():
+            buffers.arrays["targets", head][i] = r
+    keys = [key for key, _, _ in examples]
+    return buffers.finish({"keys": keys, "targets": {}, "events": events.drain()})
+
+
+def batch_to(
+    batch: Mapping[str, Any], device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch's network input and targets on `device`: the int16 waves are copied there (half
+    the bytes of float32) and scaled there to [-256, 256], exactly as on the CPU."""
+    wave = batch["wave"].to(device, non_blocking=True).float().mul_(PCM_SCALE)
+    targets = {h: t.to(device, non_blocking=True) for h, t in batch["targets"].items()}
+    return wave, targets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +475,7 @@ def make_loader(
     stages: list[Callable] = [
         *shards,
         events.opened,
-        wds.tarfile_to_samples(handler=events.shard_failed),
+        functools.partial(tar_samples, handler=events.shard_failed),
     ]
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
@@ -436,7 +483,9 @@ def make_loader(
         wds.map(
             Cropper(heads, steps, step_samples, train, seed, events), handler=events.sample_failed
         ),
-        wds.batched(batch_size, functools.partial(collate, events=events), partial=not train),
+        wds.batched(
+            batch_size, functools.partial(collate, events=events, pin=pin_memory), partial=not train
+        ),
     ]
     pipeline = wds.DataPipeline(*stages)
     return wds.WebLoader(

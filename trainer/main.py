@@ -336,8 +336,7 @@ def main(argv: list[str] | None = None) -> None:
             if batch is None:
                 raise SystemExit(f"trainer: the shard stream {args.shards} ended")
             data_log.note(batch["events"], step)
-            wave = batch["wave"].to(device, non_blocking=True)
-            targets = {h: t.to(device, non_blocking=True) for h, t in batch["targets"].items()}
+            wave, targets = data.batch_to(batch, device)  # int16 crosses, scaled on the device
             lr = set_learning_rate(optimizer, step, args)
             with autocast:
                 output = model(wave)

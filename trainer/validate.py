@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.data import batch_to
 from trainer.distributed import Summed
 from trainer.losses import kl_divergence, reconstruction_loss
 from trainer.stats import Prior
@@ -53,7 +54,7 @@ def validate(
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        wave = batch["wave"].to(device)
+        wave, targets = batch_to(batch, device)
         with autocast:
             out = model(wave)
         sums.samples += len(wave)
@@ -64,7 +65,7 @@ def validate(
             )
             continue
         for head in heads:
-            p = batch["targets"][head].to(device)
+            p = targets[head]
             log_q = out[head].float()
             log_prior = distributions[head].log().to(device).expand_as(p)
             teacher_top = p.argmax(-1)

@@ -1,0 +1,256 @@
+"""The one device check (`make bench-device`): shards made with the teachers on the GPU, then
+SoundNet-8 trained in bf16 with the real loader from FLAC and from pcm16 shards, in one table.
+
+    .venv/bin/python bench/device.py [--videos DIR] [--steps N] [--out build/bench-device]
+
+On a CUDA machine (under 8 minutes, nothing downloaded):
+  1. `pipeline.run --device cuda` makes FLAC and pcm16 shards of the same clips (the shared
+     clips beside the checkout, or --videos): teacher frames/s end to end, and the teacher alone
+     on batches of frames;
+  2. per codec: the loader per core against its decoding floor (bench/trainer.py's measure),
+     one training step alone (bf16, the batch already on the GPU), and `trainer.main` itself for
+     --steps steps (the real loader and its workers, bf16 autocast): samples/s after its first
+     log window, audio-hours per GPU-hour, GPU utilisation (sampled by nvidia-smi when it is
+     there), and the step with the loader over the step alone (1.0: the loader keeps up);
+  3. one summary table and last the line `audio-hours per device-hour: ...`.
+Without CUDA the same runs on the CPU, small (6 clips, 4 steps of 4 crops): a smoke run, in
+about 2 minutes on 2 cores. Figures also go to OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# bench/ is sys.path[0]; the repository must come first (bench/trainer.py would shadow trainer/)
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from models.registry import build_model  # noqa: E402
+from pipeline import run as pipeline_run  # noqa: E402
+from pipeline.teachers import build_teacher, resolve_teacher, teacher_probabilities  # noqa: E402
+from schemas import AUDIO_CODECS, INDEX_FILE, SAMPLE_RATE, SHARDS_DIR  # noqa: E402
+from trainer import data  # noqa: E402
+from trainer import main as trainer_main  # noqa: E402
+
+
+def _bench_trainer():
+    """bench/trainer.py's measures (its module name would shadow the trainer package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_trainer", REPO / "bench" / "trainer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_trainer = _bench_trainer()
+
+SHARED_VIDEOS = REPO.parent / "shared" / "data" / "videos"
+CROP_SECONDS = 20.0  # the paper's crop: a sample/s is 20 audio-seconds/s
+
+
+@dataclass
+class CodecFigures:
+    codec: str
+    shard_mb: float
+    loader_per_core: float
+    decode_per_core: float
+    step_alone: float  # samples/s, the batch already on the device
+    with_loader: float  # samples/s of trainer.main after its first log window
+    gpu_util: float | None  # mean %, while trainer.main ran
+
+    @property
+    def audio_hours(self) -> float:
+        return self.with_loader * CROP_SECONDS  # audio-seconds per second = audio-h per h
+
+
+class GpuSampler:
+    """Mean GPU utilisation while it runs, from `nvidia-smi` (None without it)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.proc: subprocess.Popen | None = None
+        self.reader: threading.Thread | None = None
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi") and torch.cuda.is_available():
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "--loop-ms=200", f"--id={torch.cuda.current_device()}"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip().isdigit():
+                self.samples.append(float(line))
+
+    def __exit__(self, *_) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
+    """One pipeline run (teachers on `device`) -> its counts and speed."""
+    listing = out.parent / f"videos-{codec}.txt"
+    listing.write_text("".join(f"{v}\n" for v in videos))
+    began = time.perf_counter()
+    code = pipeline_run.main(["--runner=DirectRunner", f"--input={listing}", f"--output={out}",
+                              f"--audio-codec={codec}", f"--device={device}",
+                              "--videos-per-shard=8"])  # fmt: skip
+    seconds = time.perf_counter() - began
+    if code:
+        raise SystemExit(f"the pipeline run for {codec} shards failed (exit {code})")
+    index = pq.read_table(out / INDEX_FILE)
+    frames = sum(index.column("num_frames").to_pylist())
+    shard_bytes = sum(p.stat().st_size for p in (out / SHARDS_DIR).glob("*.tar"))
+    return {"videos": len(videos), "samples": index.num_rows, "frames": frames,
+            "seconds": seconds, "frames_per_s": frames / seconds, "shard_mb": shard_bytes / 1e6}  # fmt: skip
+
+
+def teacher_alone(device: str, batches: int, batch_size: int = 32) -> float:
+    """Frames/s of the default teacher on batches of frames (preprocessing and softmax in)."""
+    model = build_teacher(resolve_teacher("objects", "efficientnet_lite0"), device)
+    frames = list(np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), np.uint8))
+    teacher_probabilities(frames, model, device)  # warm-up
+    began = time.perf_counter()
+    for _ in range(batches):
+        teacher_probabilities(frames, model, device)  # ends on the host: synchronised
+    return batches * batch_size / (time.perf_counter() - began)
+
+
+def train_rate(shards: Path, run: Path, args: argparse.Namespace, device: str) -> float:
+    """samples/s of `trainer.main` itself, after its first log window (workers starting, the
+    shuffle buffer filling)."""
+    trainer_main.main([f"--shards={shards}", f"--out={run}", f"--steps={args.steps}",
+                       f"--batch-size={args.batch_size}", f"--workers={args.workers}",
+                       f"--log-every={args.log_every}", "--checkpoint-every=0", f"--device={device}",
+                       "--no-progress", "--no-tensorboard"])  # fmt: skip
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    steps = [r["step"] for r in train]
+    windows = list(zip(steps, [0, *steps[:-1]], train, strict=True))  # (step, previous, record)
+    timed = windows[1:] or windows  # one window only (few steps): take it as it is
+    samples = sum((step - before) * args.batch_size for step, before, _ in timed)
+    seconds = sum(
+        (step - before) * args.batch_size / r["samples_per_s"] for step, before, r in timed
+    )
+    return samples / seconds
+
+
+def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespace,
+                  device: torch.device) -> CodecFigures:  # fmt: skip
+    source = data.resolve_shards(str(out))
+    heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
+    model = build_model("soundnet8", heads).to(device)
+    steps = round(CROP_SECONDS * SAMPLE_RATE / model.step_samples)
+    loader = bench_trainer.run_loader(source.urls, list(heads), args.batch_size, args.workers,
+                                      args.loader_batches, steps=steps,
+                                      step_samples=model.step_samples,
+                                      pin_memory=device.type == "cuda")  # fmt: skip
+    alone = bench_trainer.train_step_rate(model, loader.first, device, args.step_repeats)
+    del model
+    with GpuSampler() as gpu:
+        with_loader = train_rate(out, out.parent / f"run-{codec}", args, device.type)
+    return CodecFigures(
+        codec, shard_mb, loader.per_core, loader.decode_per_core, alone, with_loader, gpu.mean
+    )
+
+
+def print_table(device: str, pipeline: dict, teacher: float, rows: list[CodecFigures],
+                args: argparse.Namespace) -> None:  # fmt: skip
+    kind = "GPU" if device == "cuda" else "CPU"
+    first = pipeline[rows[0].codec]
+    print(f"\n== bench-device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
+          f"{os.cpu_count()} cores, {args.workers} loader workers, batch {args.batch_size}, "
+          f"{args.steps} steps ==")  # fmt: skip
+    print(f"pipeline (teachers on {device}): {first['videos']} videos, {first['samples']} samples, "
+          f"{first['frames']} teacher frames: "
+          + ", ".join(f"{c} {p['frames_per_s']:.1f} frames/s end to end ({p['seconds']:.1f} s)"
+                      for c, p in pipeline.items())
+          + f"; teacher alone {teacher:.0f} frames/s (efficientnet_lite0, batch 32)")  # fmt: skip
+    header = ["shards", "MB", "loader/core", "decode/core", "loader/decode", "step alone/s",
+              "with loader/s", "with/alone", f"audio-h per {kind}-h", "GPU util"]  # fmt: skip
+    table = [header]
+    for r in rows:
+        table.append([r.codec, f"{r.shard_mb:.1f}", f"{r.loader_per_core:.0f}",
+                      f"{r.decode_per_core:.0f}" if r.decode_per_core < 1e5 else "(no decoding)",
+                      f"{r.loader_per_core / r.decode_per_core:.2f}", f"{r.step_alone:.1f}",
+                      f"{r.with_loader:.1f}", f"{r.with_loader / r.step_alone:.2f}",
+                      f"{r.audio_hours:.0f}",
+                      f"{r.gpu_util:.0f} %" if r.gpu_util is not None else "n/a"])  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for i, row in enumerate(table):
+        print("| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    best = max(rows, key=lambda r: r.audio_hours)
+    others = ", ".join(f"{r.codec} {r.audio_hours:.0f}" for r in rows if r is not best)
+    print(f"audio-hours per device-hour: {best.audio_hours:.0f} ({best.codec} shards, "
+          f"SoundNet-8 {'bf16' if device == 'cuda' else 'fp32'} with the real loader on {kind}; "
+          f"{others})")  # fmt: skip
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=Path, default=SHARED_VIDEOS)
+    p.add_argument("--max-videos", type=int, default=0 if cuda else 6, help="0: all")
+    p.add_argument("--out", type=Path, default=REPO / "build" / "bench-device")
+    p.add_argument("--steps", type=int, default=300 if cuda else 4, help="trainer.main steps")
+    p.add_argument("--batch-size", type=int, default=64 if cuda else 4)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--loader-batches", type=int, default=15 if cuda else 5, help="per round, x3")
+    p.add_argument("--step-repeats", type=int, default=30 if cuda else 2)
+    args = p.parse_args()
+    args.log_every = max(1, args.steps // 10)
+    device = "cuda" if cuda else "cpu"
+    began = time.perf_counter()
+    videos = sorted(
+        v for v in args.videos.iterdir() if v.suffix.lower() not in {".csv", ".md", ".txt"}
+    )
+    videos = videos[: args.max_videos] if args.max_videos else videos
+    if not videos:
+        raise SystemExit(f"--videos {args.videos}: no videos")
+    for name in (*AUDIO_CODECS, *(f"run-{c}" for c in AUDIO_CODECS)):
+        shutil.rmtree(args.out / name, ignore_errors=True)  # ours, from an earlier run
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    pipeline = {c: make_shards(videos, args.out / c, c, device) for c in AUDIO_CODECS}
+    teacher = teacher_alone(device, batches=20 if cuda else 2)
+    rows = [codec_figures(c, args.out / c, pipeline[c]["shard_mb"], args, torch.device(device))
+            for c in AUDIO_CODECS]  # fmt: skip
+    summary = {"device": device, "cores": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},
+               "pipeline": pipeline, "teacher_frames_per_s": teacher,
+               "codecs": [asdict(r) | {"audio_hours_per_device_hour": r.audio_hours} for r in rows],
+               "seconds": time.perf_counter() - began}  # fmt: skip
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print_table(device, pipeline, teacher, rows, args)
+    print(f"({time.perf_counter() - began:.0f} s in all; figures in {args.out / 'summary.json'})")
+
+
+if __name__ == "__main__":
+    main()
