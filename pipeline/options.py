@@ -168,6 +168,11 @@ def _project_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def project_option_names() -> set[str]:
+    """The dests of the project's own options (--segment-seconds -> segment_seconds, ...)."""
+    return {a.dest for a in _project_parser()._actions} - {"help", "help_beam"}
+
+
 def parse_args(argv: list[str]) -> PipelineOptions:
     """Beam's PipelineOptions for `argv`; SystemExit(0) after --help / --help-beam; UsageError
     for an argument nobody knows."""

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import files
@@ -120,7 +121,7 @@ def merge(output: str) -> Totals:
         nonlocal last_video
         totals.samples += table.num_rows
         totals.shards += table.num_rows > 0
-        totals.audio_s += sum(table.column("duration_s").to_pylist())
+        totals.audio_s += pc.sum(table.column("duration_s")).as_py() or 0.0
         for video in table.column("video_id").to_pylist():  # a video's rows are consecutive
             totals.videos_written += video != last_video
             last_video = video

@@ -11,7 +11,6 @@ output goes on where a killed run stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,7 +24,13 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import decode, files, progress
 from pipeline.inputs import InputListError, read_input_entries
-from pipeline.options import SoundNetOptions, UsageError, parse_args, print_usage_error
+from pipeline.options import (
+    SoundNetOptions,
+    UsageError,
+    parse_args,
+    print_usage_error,
+    project_option_names,
+)
 from pipeline.plan import Plan, make_plan, remove_pending, write_pending
 from pipeline.segments import SegmentPlan
 from pipeline.task import RunSettings
@@ -186,13 +191,7 @@ def setup_logging() -> None:
 
 def own_options(options: PipelineOptions) -> dict:
     """The project's options plus the runner (Beam's full option set is mostly defaults)."""
-    parser = argparse.ArgumentParser()
-    SoundNetOptions._add_argparse_args(parser)
-    own = {a.dest for a in parser._actions} | {
-        "runner",
-        "direct_running_mode",
-        "direct_num_workers",
-    }
+    own = project_option_names() | {"runner", "direct_running_mode", "direct_num_workers"}
     return {k: v for k, v in options.get_all_options().items() if k in own}
 
 

@@ -56,9 +56,10 @@ class _OpenShard:
                      self.audio_s / 60)  # fmt: skip
         return done
 
-    def abandon(self) -> None:
-        """The task failed: drop the temporary tar (a rerun redoes this shard)."""
-        self._files.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+    def abandon(self, failure: tuple) -> None:
+        """The task failed with `failure` (sys.exc_info()): the temporary tar is deleted, not
+        renamed into place (a rerun redoes this shard)."""
+        self._files.__exit__(*failure)
 
 
 class ShardSequence:
@@ -92,6 +93,6 @@ class ShardSequence:
     def __enter__(self) -> ShardSequence:
         return self
 
-    def __exit__(self, kind, *_) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         if kind is not None:
-            self.current.abandon()
+            self.current.abandon((kind, value, traceback))

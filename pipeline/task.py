@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,8 +63,6 @@ class TaskSummary:
     samples: int = 0
     videos_written: int = 0
     videos_failed: int = 0
-    audio_s: float = 0.0
-    stages: dict[str, int] = field(default_factory=dict)
 
 
 def decode_video(path: str, video: PlannedVideo, plan: SegmentPlan, timeout_s: float,
@@ -142,7 +140,6 @@ class TaskWriter:
             log.info("failed [%s] %s", done.error.stage, done.error.message)
             shards.add_failure(done.error.row(done.uri))
             summary.videos_failed += 1
-            summary.stages[done.error.stage] = summary.stages.get(done.error.stage, 0) + 1
             return
         decoded: DecodedVideo = done.video
         video = decoded.video
@@ -154,4 +151,3 @@ class TaskWriter:
             shards.add_sample(sample, Position(video.position, segment.index))
         summary.videos_written += 1
         summary.samples += len(samples)
-        summary.audio_s += sum(seg.duration_s for seg in decoded.segments)

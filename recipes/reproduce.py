@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval import run as eval_run
-from eval.report import DATASET_COLUMN, PAPER_ROWS, plot_layers, write_json
+from eval.report import DATASET_COLUMN, PAPER_COLUMNS, PAPER_ROWS, plot_layers, write_json
 from models.weights import original_checkpoint_path
 from pipeline import run as pipeline_run
 from schemas.io import write_text_atomic
 from trainer import main as trainer_main
-
-PAPER_COLUMNS = {"ESC-50": 0, "ESC-10": 1}
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def table(args: argparse.Namespace, results: dict[str, tuple[Row, dict | None]])
     """results.md: our four rows beside the paper's, in the dataset's column."""
     dataset = next((r["dataset"] for _, r in results.values() if r), "esc50")
     column = DATASET_COLUMN.get(dataset, dataset)
-    index = PAPER_COLUMNS.get(column)
+    index = PAPER_COLUMNS.index(column) if column in PAPER_COLUMNS else None
     lines = [
         f"# The paper's recipe on {column}",
         "",
