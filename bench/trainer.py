@@ -20,6 +20,7 @@ Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from pathlib import Path
 # bench/ is sys.path[0]; this file's own name would shadow the trainer package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
@@ -94,7 +96,7 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
         last_clock[batch["events"]["worker"]] = batch["events"]["cpu_s"]
     first, members = batch, AudioMembers(urls)
     samples, worker_cpu, wall = 0, 0.0, 0.0
-    decoded, decode_cpu, codecs = 0, 0.0, Counter()
+    decoded, decode_cpu, bookkeeping, codecs = 0, 0.0, 0.0, Counter()
     process_began = time.process_time()
     for _ in range(rounds):
         keys, began = [], time.perf_counter()
@@ -106,7 +108,10 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
             keys += batch["keys"]
         wall += time.perf_counter() - began
         samples += len(keys)
+        began = time.thread_time()  # the bench's own bookkeeping: not the loader's
         todo = members.get(keys)
+        workers_idle()  # their prefetch full: the decoding alone does not share the cores
+        bookkeeping += time.thread_time() - began
         codecs.update(codec for codec, _ in todo)
         began = time.thread_time()  # this thread's alone: not a pin-memory thread's
         while True:
@@ -116,13 +121,36 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
             if time.thread_time() - began >= min_decode_s / rounds:
                 break
         decode_cpu += time.thread_time() - began
-    # this process's CPU for the loader: all of it in the rounds, less the decoding alone
-    main_cpu = time.process_time() - process_began - decode_cpu
+    # this process's CPU for the loader: all of it in the rounds, less the decoding alone and
+    # the bench's reading of the audio members
+    main_cpu = time.process_time() - process_began - decode_cpu - bookkeeping
     del stream, loader  # stop the workers before timing anything else
     if not workers:  # one process: its clock is the loader's
         worker_cpu = 0.0
     return LoaderRun(samples / wall, samples, worker_cpu, main_cpu, decoded, decode_cpu,
                      ", ".join(sorted(codecs)), first)  # fmt: skip
+
+
+def workers_idle(timeout_s: float = 10.0, still_s: float = 0.05) -> None:
+    """Wait until this process's children (the loader's workers) use no CPU: once their
+    prefetch queues are full they block."""
+    children = psutil.Process().children()
+    deadline = time.monotonic() + timeout_s
+
+    def used() -> float:
+        total = 0.0
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    before = used()
+    while time.monotonic() < deadline:
+        time.sleep(still_s)
+        now = used()
+        if now == before:
+            return
+        before = now
 
 
 def train_step_rate(model: torch.nn.Module, batch: dict, device: torch.device, steps: int) -> float:

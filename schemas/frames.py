@@ -48,4 +48,6 @@ def step_rows(rows: np.ndarray, frames_per_step: int, steps: int) -> np.ndarray:
     """Teacher rows [frames, C] -> one row per output step [steps, C] (float32): step j gets the
     mean of the rows of its frames j*k .. j*k+k-1. The caller checks there are enough frames."""
     rows = np.asarray(rows, dtype=np.float32)[: steps * frames_per_step]
+    if frames_per_step == 1:  # the default interval: each step's one row as it is
+        return rows
     return rows.reshape(steps, frames_per_step, -1).mean(axis=1)

@@ -194,9 +194,10 @@ def validate_sample(sample: Sample) -> Sample:
                 f"{where}: {head} has shape {probs.shape}, expected ({num_frames}, {info.num_classes})"
             )
         p = probs.astype(np.float32)
-        if not np.all(np.isfinite(p)) or p.min() < 0:
+        sums = p.sum(axis=1)  # a NaN or an infinity anywhere shows in its row's sum
+        if not np.isfinite(sums).all() or p.min() < 0:
             raise SampleError(f"{where}: {head} has negative or non-finite probabilities")
-        if np.abs(p.sum(axis=1) - 1).max() > ROW_SUM_TOLERANCE:
+        if np.abs(sums - 1).max() > ROW_SUM_TOLERANCE:
             raise SampleError(f"{where}: {head} rows do not sum to 1")
     return sample
 
@@ -248,6 +249,47 @@ def decode_audio(
     if rate != SAMPLE_RATE or audio.ndim != 1:
         raise SampleError(f"{where}: audio is {rate} Hz with shape {audio.shape}, expected mono")
     return audio
+
+
+def decode_audio_into(
+    data: bytes,
+    codec: str,
+    out: np.ndarray,
+    start: int,
+    num_samples: int,
+    where: str = "sample",
+) -> None:
+    """Samples start .. start + len(out) of a `codec` audio member of `num_samples` samples,
+    written into `out` (int16) in place: a loader decodes straight into its batch, whose memory
+    is reused and warm, instead of into a fresh array (that costs a fifth of a FLAC decode)."""
+    end = start + len(out)
+    if not 0 <= start <= end <= num_samples:
+        raise SampleError(f"{where}: samples {start}..{end} are not within its {num_samples}")
+    if codec == "pcm16":
+        if len(data) != num_samples * PCM16.itemsize:
+            raise SampleError(
+                f"{where}: pcm16 member of {len(data)} bytes, metadata says {num_samples} samples"
+            )
+        out[:] = np.frombuffer(data, PCM16, len(out), start * PCM16.itemsize)
+        return
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as flac:
+            if flac.samplerate != SAMPLE_RATE or flac.channels != 1:
+                raise SampleError(
+                    f"{where}: audio is {flac.samplerate} Hz with {flac.channels} channels, "
+                    "expected mono"
+                )
+            if flac.frames != num_samples:
+                raise SampleError(
+                    f"{where}: FLAC of {flac.frames} samples, metadata says {num_samples}"
+                )
+            if start:
+                flac.seek(start)
+            got = len(flac.read(len(out), dtype="int16", out=out))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise SampleError(f"{where}: unreadable FLAC: {err}") from err
+    if got != len(out):
+        raise SampleError(f"{where}: FLAC ends after {start + got} of {num_samples} samples")
 
 
 def audio_member(members: dict[str, Any], meta: SampleMetadata, key: str) -> str:
@@ -315,5 +357,5 @@ def decode_sample(members: dict[str, Any], audio: bool = True) -> Sample:
     if audio:
         wave = decode_audio(members[codec], codec, where=key)
     else:
-        wave = np.zeros(meta.num_samples, dtype=np.int16)
+        wave = np.broadcast_to(np.int16(0), (meta.num_samples,))  # silence of its length, free
     return validate_sample(Sample(key=key, audio=wave, probs=probs, metadata=meta))

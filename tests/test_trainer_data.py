@@ -333,3 +333,70 @@ def test_batches_from_a_worker_are_the_in_process_ones_even_when_all_are_held(
         for head in ("objects", "scenes"):
             assert torch.equal(ours["targets"][head], theirs["targets"][head])
     assert theirs["events"]["worker"] == 0 and held[0][0]["events"]["worker"] == -1
+
+
+@pytest.mark.parametrize("codec", ["flac", "pcm16"])
+def test_a_window_of_a_member_decodes_to_that_slice_of_the_whole(codec):
+    from dataclasses import replace
+
+    from schemas.sample import decode_audio, decode_audio_into
+
+    [sample] = make_samples(clips(5), [25.0])[:1]
+    sample.metadata = replace(sample.metadata, audio_codec=codec)
+    member = encode_sample(sample)[codec]
+    whole = decode_audio(member, codec)
+    n = len(whole)
+    for start, length in [(0, n), (STEP_SAMPLES, 2 * STEP_SAMPLES), (n - 1000, 1000), (7, 1)]:
+        out = np.full(length, -1, dtype=np.int16)
+        decode_audio_into(member, codec, out, start, n, where="k-0000")
+        np.testing.assert_array_equal(out, whole[start : start + length])
+    with pytest.raises(SampleError, match="k-0000: .*metadata says"):
+        decode_audio_into(member, codec, np.empty(10, np.int16), 0, n + 1, where="k-0000")
+    with pytest.raises(SampleError, match="k-0000: samples .* not within"):
+        decode_audio_into(member, codec, np.empty(10, np.int16), n - 5, n, where="k-0000")
+
+
+@pytest.mark.parametrize("codec", ["flac", "pcm16"])
+def test_a_sample_whose_audio_fails_to_decode_gives_its_row_to_the_next(tmp_path, codec):
+    """Audio is decoded straight into the batch: a torn member is counted, and the row it would
+    have filled holds the next good sample."""
+    from dataclasses import replace
+
+    samples = make_samples(clips(3), [5.0, 5.0, 5.0])
+    shard = tmp_path / "shard-000000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for i, sample in enumerate(samples):
+            sample.metadata = replace(sample.metadata, audio_codec=codec)
+            members = encode_sample(sample)
+            if i == 1:
+                members[codec] = members[codec][: len(members[codec]) // 2 + 1]  # torn
+            sink.write(members)
+    [batch] = list(make_loader([str(shard)], ["objects"], 2, train=False, workers=0))
+    assert batch["keys"] == [samples[0].key, samples[2].key]
+    for row, sample in zip(batch["wave"], (samples[0], samples[2]), strict=True):
+        wave, _ = crop_steps(sample.audio, {"objects": sample.probs["objects"]}, 4, None)
+        np.testing.assert_array_equal(row.numpy(), wave)
+    [(url, message)] = batch["events"]["sample_errors"]
+    assert url == str(shard) and samples[1].key in message
+
+
+def test_worker_blocks_are_reused_once_the_training_process_drops_its_batches(
+    factory_output,  # noqa: F811
+):
+    """A batch's tensors are views of its worker's block; dropping the batch frees the block,
+    so a worker cycles through a few blocks, while a batch still held is never written."""
+    from trainer import handoff
+
+    urls = resolve_shards(str(factory_output)).urls
+    before = set(handoff._mapped)
+    loader = make_loader(urls, ["objects", "scenes"], 3, workers=1, seed=5)
+    stream = iter(loader)
+    kept = next(stream)
+    kept_wave = kept["wave"].clone()
+    for _ in range(40):
+        batch = next(stream)
+        assert batch["wave"].data_ptr() != kept["wave"].data_ptr()
+    del batch, stream, loader
+    blocks = set(handoff._mapped) - before
+    assert 2 <= len(blocks) <= 6  # the one held, those in flight (2 prefetched), one reused
+    assert torch.equal(kept["wave"], kept_wave)

@@ -16,9 +16,12 @@ step is trained on the mean of the teacher rows of the frames inside it (one row
 (its steps repeated, their targets with them), and one shorter than a step is repeated to fill
 the crop under the mean of its frames. Shards' audio may be FLAC or raw int16 (pcm16); both read alike.
 
-The waves cross from the loader's workers to the training process as int16, in shared memory
-(half the bytes of float32, no copy on the way), and are scaled to the network's [-256, 256]
-on the device (`batch_to`): int16 x 2^-7 is exact in float32, so the model sees the same numbers.
+Each sample is read, checked and its crop planned first (`make_example`); its audio is decoded
+last, straight into its row of the batch (`crop_batches`), in memory the loader's processes
+reuse, and the batch reaches the training process as views of that memory (trainer/handoff.py):
+a decoded sample is not copied on its way (on a GPU, only into pinned memory). The waves stay int16 (half the bytes of float32) and
+are scaled to the network's [-256, 256] on the device (`batch_to`): int16 x 2^-7 is exact in
+float32, so the model sees the same numbers.
 
 Shards are read as an endless stream: by default each rank and worker resamples shards at
 random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import logging
 import random
 import time
@@ -62,6 +66,7 @@ from schemas import (
 )
 from schemas.frames import step_rows
 from schemas.labels import is_url
+from schemas.sample import decode_audio_into
 from trainer.handoff import BatchBuffers
 from trainer.tarstream import tar_samples
 
@@ -200,8 +205,18 @@ def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str,
 # One example: an aligned crop of whole output steps
 
 
-def crop_steps(
-    audio: np.ndarray,
+@dataclass(frozen=True)
+class Crop:
+    """What a crop of a segment holds: the segment's samples start .. start + length, repeated
+    cyclically to the crop's length (once, when length is the crop's), and one row a step."""
+
+    start: int
+    length: int
+    rows: dict[str, np.ndarray]  # {head: [steps, C]}
+
+
+def plan_crop(
+    num_samples: int,
     probs: Mapping[str, np.ndarray],
     steps: int = CROP_STEPS,
     rng: random.Random | None = None,
@@ -209,19 +224,23 @@ def crop_steps(
     *,
     step_samples: int = DEFAULT_STEP_SAMPLES,
     frames_per_step: int | None = 1,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(audio [steps * step_samples], {head: rows [steps, C]}) with step i <-> row i; the audio
-    is a view of `audio` when the segment holds the whole crop, else a tiled copy.
+) -> Crop:
+    """The crop of `steps` whole output steps of a segment of `num_samples` samples, step i <->
+    row i.
 
     Whole step j of a segment holds its frames j*k .. j*k+k-1 (k = `frames_per_step`) and is
     trained on the mean of their rows; a partial trailing step is dropped. A segment shorter
     than one step, or whose frames label it as a whole (`frames_per_step` None), has the mean
     of all its rows under every step. `rng` picks a random aligned window of a long segment
-    (None: the central one, for validation)."""
-    whole = len(audio) // step_samples
+    (None: the central one, for validation); a segment of fewer whole steps is tiled (its steps
+    repeated, their targets with them)."""
+    if num_samples < 1:
+        raise SampleError(f"{where}: no audio")
+    whole = num_samples // step_samples
     if whole == 0:  # shorter than one step: its frames label the whole crop
-        wave = _repeated(audio, steps * step_samples)
-        return wave, {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
+        return Crop(
+            0, num_samples, {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
+        )
     if frames_per_step is None:
         rows = {h: np.repeat(_mean_row(p), whole, axis=0) for h, p in probs.items()}
     else:
@@ -237,24 +256,45 @@ def crop_steps(
     if whole >= steps:
         last = whole - steps
         first = rng.randint(0, last) if rng is not None else last // 2
-        wave = audio[first * step_samples : (first + steps) * step_samples]
-        return wave, {h: r[first : first + steps] for h, r in rows.items()}
+        window = {h: r[first : first + steps] for h, r in rows.items()}
+        return Crop(first * step_samples, steps * step_samples, window)
     index = np.arange(steps) % whole  # tile: steps 0..whole-1 repeated, their targets with them
-    wave = audio[: whole * step_samples].reshape(whole, step_samples)[index].reshape(-1)
-    return wave, {h: r[index] for h, r in rows.items()}
+    return Crop(0, whole * step_samples, {h: r[index] for h, r in rows.items()})
 
 
-def _repeated(audio: np.ndarray, length: int) -> np.ndarray:
-    """`audio` repeated cyclically to `length` samples (np.resize's result, by doubling copies:
-    np.resize concatenates one copy per repeat, 0.3 ms for a short clip)."""
-    out = np.empty(length, dtype=audio.dtype)
-    filled = min(len(audio), length)
-    out[:filled] = audio[:filled]
-    while filled < length:  # out[:filled] holds whole repeats: copy them on
-        more = min(filled, length - filled)
+def crop_steps(
+    audio: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    steps: int = CROP_STEPS,
+    rng: random.Random | None = None,
+    where: str = "sample",
+    *,
+    step_samples: int = DEFAULT_STEP_SAMPLES,
+    frames_per_step: int | None = 1,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(audio [steps * step_samples], {head: rows [steps, C]}) of a decoded segment, cropped as
+    `plan_crop` says: a view of `audio` when the segment holds the whole crop, else a tiled
+    copy."""
+    crop = plan_crop(
+        len(audio), probs, steps, rng, where, step_samples=step_samples,
+        frames_per_step=frames_per_step,
+    )  # fmt: skip
+    used = audio[crop.start : crop.start + crop.length]
+    if crop.length == steps * step_samples:
+        return used, crop.rows
+    wave = np.empty(steps * step_samples, dtype=audio.dtype)
+    wave[: crop.length] = used
+    repeat_in_place(wave, crop.length)
+    return wave, crop.rows
+
+
+def repeat_in_place(out: np.ndarray, filled: int) -> None:
+    """out[:filled] repeated cyclically over the whole of `out` (np.resize's result, by doubling
+    copies: np.resize concatenates one copy per repeat, 0.3 ms for a short clip)."""
+    while filled < len(out):  # out[:filled] holds whole repeats: copy them on
+        more = min(filled, len(out) - filled)
         out[filled : filled + more] = out[:more]
         filled += more
-    return out
 
 
 def _mean_row(rows: np.ndarray) -> np.ndarray:
@@ -268,27 +308,54 @@ def sample_frames_per_step(meta: SampleMetadata, step_samples: int) -> int | Non
     return None if interval is None else frames_per_step(interval, step_samples, where=meta.key)
 
 
+@dataclass(frozen=True)
+class Example:
+    """A sample ready for its batch: metadata and teacher rows read and checked, the crop
+    planned, the audio still encoded (decoded later, straight into the batch: `fill_wave`)."""
+
+    key: str
+    url: str  # its shard, for messages: the shuffle buffer mixes shards
+    audio: bytes  # the audio member
+    codec: str
+    num_samples: int
+    crop: Crop  # rows as float32
+
+
 def make_example(
     raw: dict[str, Any],
     heads: Sequence[str],
     steps: int,
     rng: random.Random | None,
     step_samples: int = DEFAULT_STEP_SAMPLES,
-) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
-    """A raw WebDataset sample (FLAC or pcm16 audio) -> (key, int16 wave of the crop, {head:
-    float32 rows})."""
-    sample = decode_sample(raw)  # validates the metadata, shapes and distributions
+) -> Example:
+    """A raw WebDataset sample (FLAC or pcm16 audio) -> its Example; the audio is not decoded."""
+    sample = decode_sample(raw, audio=False)  # validates the metadata, shapes and distributions
     missing = [h for h in heads if h not in sample.probs]
     if missing:
         raise SampleError(f"{sample.key}: no {missing} head(s); it has {sorted(sample.probs)}")
+    meta = sample.metadata
     probs = {h: sample.probs[h] for h in heads}
     # without heads (the autoencoder) no teacher row is read, so none needs aligning
-    per_step = sample_frames_per_step(sample.metadata, step_samples) if probs else 1
-    audio, rows = crop_steps(
-        sample.audio, probs, steps, rng, where=sample.key, step_samples=step_samples,
+    per_step = sample_frames_per_step(meta, step_samples) if probs else 1
+    crop = plan_crop(
+        meta.num_samples, probs, steps, rng, where=sample.key, step_samples=step_samples,
         frames_per_step=per_step,
     )  # fmt: skip
-    return sample.key, audio, {h: r.astype(np.float32, copy=False) for h, r in rows.items()}
+    rows = {h: r.astype(np.float32, copy=False) for h, r in crop.rows.items()}
+    return Example(
+        sample.key, raw.get("__url__", "?"), raw[meta.audio_codec], meta.audio_codec,
+        meta.num_samples, Crop(crop.start, crop.length, rows),
+    )  # fmt: skip
+
+
+def fill_wave(example: Example, out: np.ndarray) -> None:
+    """The example's crop, decoded straight into `out` (int16 [crop samples]) and tiled there."""
+    crop = example.crop
+    decode_audio_into(
+        example.audio, example.codec, out[: crop.length], crop.start, example.num_samples,
+        where=example.key,
+    )  # fmt: skip
+    repeat_in_place(out, crop.length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,27 +428,53 @@ class LoaderEvents:
         return out
 
 
-def collate(
-    examples: list[tuple[str, np.ndarray, dict[str, np.ndarray]]],
+def crop_batches(
+    examples: Iterator[Example],
+    batch_size: int,
     events: LoaderEvents,
-    pin: bool = False,
-) -> Any:
-    """Crops -> {"keys", "wave": int16 [B, N], "targets": {head: float32 [B, steps, C]},
-    "events"}, each crop copied once, straight into the memory the batch travels in
-    (trainer/handoff.py: from a worker, the batch arrives when the training process unpickles it)."""
-    first_rows = examples[0][2]
-    specs: dict[Any, tuple[tuple[int, ...], Any]] = {
-        "wave": ((len(examples), *examples[0][1].shape), np.int16),
-        **{("targets", h): ((len(examples), *r.shape), np.float32) for h, r in first_rows.items()},
-    }
-    buffers = BatchBuffers(specs, pin)
-    wave = buffers.arrays["wave"]
-    for i, (_, crop, rows) in enumerate(examples):
-        wave[i] = crop
-        for head, r in rows.items():
-            buffers.arrays["targets", head][i] = r
-    keys = [key for key, _, _ in examples]
-    return buffers.finish({"keys": keys, "targets": {}, "events": events.drain()})
+    crop_samples: int,
+    partial: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: Examples -> {"keys", "wave": int16 [B, crop_samples], "targets": {head:
+    float32 [B, steps, C]}, "events"}. Each crop's audio is decoded straight into its row of the
+    memory the batch travels in (trainer/handoff.py); a sample whose audio cannot be decoded is
+    skipped and counted like any bad sample, and the next one takes its row. `partial` yields
+    the last, short batch too (validation)."""
+    buffers: BatchBuffers | None = None
+    keys: list[str] = []
+    examples = iter(examples)
+    try:
+        # the rows still to fill are read and planned together, then decoded together: Python's
+        # work run between two decodes ran with cold caches, at three times its cost
+        while todo := list(itertools.islice(examples, batch_size - len(keys))):
+            if buffers is None:
+                buffers = BatchBuffers({
+                    "wave": ((batch_size, crop_samples), np.int16),
+                    **{("targets", h): ((batch_size, *r.shape), np.float32)
+                       for h, r in todo[0].crop.rows.items()},
+                })  # fmt: skip
+            for example in todo:
+                row = len(keys)
+                try:
+                    fill_wave(example, buffers.arrays["wave"][row])
+                except SampleError as err:
+                    err.url = example.url
+                    events.sample_failed(err)
+                    continue
+                for head, r in example.crop.rows.items():
+                    buffers.arrays["targets", head][row] = r
+                keys.append(example.key)
+                events.decoded()
+            if len(keys) == batch_size:
+                batch, buffers = buffers, None
+                yield batch.finish({"keys": keys, "targets": {}, "events": events.drain()})
+                keys = []
+        if keys and partial:
+            batch, buffers = buffers, None
+            yield batch.finish({"keys": keys, "targets": {}, "events": events.drain()}, len(keys))
+    finally:
+        if buffers is not None:  # a batch begun and not handed out: its block is free again
+            buffers.release()
 
 
 def batch_to(
@@ -421,32 +514,23 @@ def shuffled(src: Iterator[Any], bufsize: int, seed: int) -> Iterator[Any]:
 
 
 class Cropper:
-    """The per-sample map: decode and crop, with an RNG seeded per rank and worker on first use
-    (the loader is copied into each worker process before any sample is seen)."""
+    """The per-sample map: read, check and plan the crop (the audio is decoded later, into the
+    batch), with an RNG seeded per rank and worker on first use (the loader is copied into each
+    worker process before any sample is seen)."""
 
-    def __init__(
-        self,
-        heads: Sequence[str],
-        steps: int,
-        step_samples: int,
-        train: bool,
-        seed: int,
-        events: LoaderEvents,
-    ):
+    def __init__(self, heads: Sequence[str], steps: int, step_samples: int, train: bool, seed: int):
         self.heads, self.steps, self.step_samples = heads, steps, step_samples
-        self.train, self.seed, self.events = train, seed, events
+        self.train, self.seed = train, seed
         self.rng: random.Random | None = None
 
-    def __call__(self, raw: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+    def __call__(self, raw: dict[str, Any]) -> Example:
         if self.train and self.rng is None:
             self.rng = random.Random(_worker_seed(self.seed + 1))
         try:
-            example = make_example(raw, self.heads, self.steps, self.rng, self.step_samples)
+            return make_example(raw, self.heads, self.steps, self.rng, self.step_samples)
         except SampleError as err:
             err.url = raw.get("__url__", "?")  # which shard: the shuffle buffer mixes them
             raise
-        self.events.decoded()
-        return example
 
 
 def make_loader(
@@ -480,13 +564,12 @@ def make_loader(
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
     stages += [
-        wds.map(
-            Cropper(heads, steps, step_samples, train, seed, events), handler=events.sample_failed
+        wds.map(Cropper(heads, steps, step_samples, train, seed), handler=events.sample_failed),
+        functools.partial(
+            crop_batches, batch_size=batch_size, events=events,
+            crop_samples=steps * step_samples, partial=not train,
         ),
-        wds.batched(
-            batch_size, functools.partial(collate, events=events, pin=pin_memory), partial=not train
-        ),
-    ]
+    ]  # fmt: skip
     pipeline = wds.DataPipeline(*stages)
     return wds.WebLoader(
         pipeline,
