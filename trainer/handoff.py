@@ -10,10 +10,10 @@ faults per batch of 16 crops of 20 s (14 MB) measured on the 2-core development 
 the training process pays again to map it and to copy it out. So each process keeps a few
 blocks (memfd files it maps once) and reuses them; their pages stay faulted in, and a crop
 decoded straight into a reused block costs no more than decoding alone (a fresh array for each
-decoded sample cost a fifth of a FLAC decode more). A batch travels as a small message (the
-block's file descriptor and where its arrays lie); the training process, while unpickling it,
-maps the block (once, and keeps the mapping while it is in use) and makes the batch's tensors
-views of it: nothing is copied. When the last of those tensors is gone (the training loop has
+decoded sample cost a fifth of a FLAC decode more). A batch travels as a small message (which
+block, where its arrays lie, and with a block's first batch its file descriptor); the training
+process, while unpickling it, maps a new block (once, for its worker's life) and makes the
+batch's tensors views of it: nothing is copied. When the last of those tensors is gone (the training loop has
 moved on, or the DataLoader's pin-memory thread has copied the batch into pinned memory) the
 block is marked free, and only then may its worker fill it again: nothing the training process
 holds can change under it. A batch kept (a reference held) keeps its block; the worker makes
@@ -29,7 +29,7 @@ import contextlib
 import math
 import mmap
 import os
-import time
+import secrets
 import weakref
 from collections.abc import Hashable, Mapping
 from multiprocessing.reduction import DupFd
@@ -48,24 +48,28 @@ Layout = list[tuple[Name, tuple[int, ...], str, int]]  # (name, shape, dtype, of
 
 
 class _Blocks:
-    """This process's blocks: (fd, mapping) pairs, reused once their batch is released."""
+    """This process's blocks: (fd, mapping) pairs, reused once their batch is released. A
+    block's descriptor travels to the training process once, with its first batch."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.token = (self.pid, secrets.token_hex(8))  # a pid may be reused, the token not
         self.blocks: list[tuple[int, mmap.mmap]] = []
+        self.sent: set[int] = set()  # blocks whose descriptor the training process has
 
-    def take(self, nbytes: int) -> tuple[int, mmap.mmap]:
-        for fd, block in self.blocks:
+    def take(self, nbytes: int) -> int:
+        """The index of a free block of at least `nbytes`, marked busy."""
+        for index, (_, block) in enumerate(self.blocks):
             if block[0] == FREE and len(block) >= nbytes:
                 block[0] = BUSY
-                return fd, block
+                return index
         size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
         fd = os.memfd_create("soundnet-batch", os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
         block = mmap.mmap(fd, size)
         block[0] = BUSY
         self.blocks.append((fd, block))
-        return fd, block
+        return len(self.blocks) - 1
 
 
 _blocks: _Blocks | None = None
@@ -118,10 +122,11 @@ class BatchBuffers:
     def __init__(self, specs: Specs):
         self.in_worker = torch.utils.data.get_worker_info() is not None
         self.layout, size = _layout(specs)
-        self.block: tuple[int, mmap.mmap] | None = None
+        self.index: int | None = None
         if hasattr(os, "memfd_create"):
-            self.block = _process_blocks().take(size)
-            self.arrays = _views(self.block[1], self.layout)
+            self.blocks = _process_blocks()
+            self.index = self.blocks.take(size)
+            self.arrays = _views(self.blocks.blocks[self.index][1], self.layout)
         else:
             self.arrays = {name: np.empty(shape, dtype) for name, (shape, dtype) in specs.items()}
 
@@ -134,66 +139,67 @@ class BatchBuffers:
             for name, shape, dtype, offset in self.layout
         ]
         arrays, self.arrays = self.arrays, {}  # this side keeps no view of a block it hands over
-        if self.block is None:
+        if self.index is None:
             return _assemble(
                 {n: torch.from_numpy(arrays[n][: s[0]]) for n, s, _, _ in layout}, rest
             )
         del arrays
-        fd, block = self.block
-        self.block = None
+        index, self.index = self.index, None
         if self.in_worker:
-            return _Shipped(fd, layout, rest)
-        return _assemble(_leased_tensors(block, layout), rest)
+            return _Shipped(self.blocks, index, layout, rest)
+        return _assemble(_leased_tensors(self.blocks.blocks[index][1], layout), rest)
 
     def release(self) -> None:
         """Give the block back unused (a batch abandoned part-filled)."""
         self.arrays = {}
-        if self.block is not None:
-            _release(self.block[1])
-            self.block = None
+        if self.index is not None:
+            _release(self.blocks.blocks[self.index][1])
+            self.index = None
 
 
 class _Shipped:
-    """A batch in a worker's block, as it travels: pickled as the block's descriptor and layout;
-    unpickled (in the training process) into the batch, views of the block."""
+    """A batch in a worker's block, as it travels: pickled as the block's name and layout (and,
+    the first time, its descriptor: passing one costs both processes 0.2-0.4 ms); unpickled (in
+    the training process) into the batch, views of the block."""
 
-    def __init__(self, fd: int, layout: Layout, rest: dict[str, Any]):
-        self.fd, self.layout, self.rest = fd, layout, rest
+    def __init__(self, blocks: _Blocks, index: int, layout: Layout, rest: dict[str, Any]):
+        self.blocks, self.index, self.layout, self.rest = blocks, index, layout, rest
 
     def __reduce__(self) -> tuple:
-        return (_unpack, (DupFd(self.fd), self.layout, self.rest))
+        dup = None
+        if self.index not in self.blocks.sent:
+            dup = DupFd(self.blocks.blocks[self.index][0])
+            self.blocks.sent.add(self.index)
+        return (_unpack, (self.blocks.token, self.index, dup, self.layout, self.rest))
 
 
-def _unpack(dup: Any, layout: Layout, rest: dict[str, Any]) -> dict[str, Any]:
-    fd = dup.detach()
-    try:
-        block = _mapping(fd)
-    finally:
-        os.close(fd)
-    return _assemble(_leased_tensors(block, layout), rest)
+# the training process's mappings of its workers' blocks: (worker token, index) -> mapping
+_mapped: dict[tuple[tuple[int, str], int], mmap.mmap] = {}
 
 
-IDLE_S = 30.0
-_mapped: dict[tuple[int, int], list] = {}  # (device, inode) -> [mapping, last used]
+def _unpack(
+    token: tuple[int, str], index: int, dup: Any, layout: Layout, rest: dict[str, Any]
+) -> dict[str, Any]:
+    if dup is not None:  # a block new to this process: map it, once, for its worker's life
+        fd = dup.detach()
+        try:
+            _mapped[token, index] = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        _forget_gone_workers()
+    return _assemble(_leased_tensors(_mapped[token, index], layout), rest)
 
 
-def _mapping(fd: int) -> mmap.mmap:
-    """The block behind `fd`, as this (the training) process maps it: once, and kept while it
-    is in use (mapping a block anew each batch would fault its pages in again). A block unused
-    for IDLE_S is forgotten, and unmapped once no batch views it, so that the kernel can free
-    it when its worker is gone."""
-    now = time.monotonic()
-    for key, (old, used) in list(_mapped.items()):
-        if now - used > IDLE_S:
-            del _mapped[key]
+def _forget_gone_workers() -> None:
+    """Unmap the blocks of workers that have exited (once no batch views them), so that the
+    kernel can free them: a loader's workers end with each pass over a validation set."""
+    for token, index in list(_mapped):
+        try:
+            os.kill(token[0], 0)
+        except ProcessLookupError:
+            block = _mapped.pop((token, index))
             with contextlib.suppress(BufferError):  # still viewed: unmapped when dropped
-                old.close()
-    stat = os.fstat(fd)
-    key = (stat.st_dev, stat.st_ino)  # unique while mapped: the mapping keeps the file alive
-    if key not in _mapped:
-        _mapped[key] = [mmap.mmap(fd, stat.st_size), now]
-    _mapped[key][1] = now
-    return _mapped[key][0]
+                block.close()
 
 
 def _assemble(tensors: Mapping[Name, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
