@@ -8,19 +8,21 @@ buffer. Its cost per core is the CPU time its workers and this process spend per
 delivered (each batch carries its worker's CPU clock): a rate per core, not the wall clock, is
 what compares between a small shared machine and a GPU node's many cores. Decode: the audio
 members of the same samples (the keys the loader delivered, as often as it did) decoded alone
-on one core, with the codec's own decoder: the floor of any loader of these shards. The two
+on one core, with the loader's decoder (pcm16: a view; FLAC: dr_flac), while the loader's
+workers wait with their prefetch full: the floor of any loader of these shards. The two
 alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
-same machine. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
+same machine; FLAC is also decoded by libsndfile, for reference. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
 data, already on the device.
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
-`decode_per_core=` and, last, `loader_over_decode=` (the loader's share of its floor).
+`decode_per_core=`, for FLAC `libsndfile_per_core=` and, last, `loader_over_decode=` (the loader's share of its floor).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import sys
 import time
 from collections import Counter
@@ -31,6 +33,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import psutil  # noqa: E402
+import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
@@ -52,6 +55,7 @@ class LoaderRun:
     decode_cpu_s: float
     codecs: str
     first: dict  # a batch, for the step
+    libsndfile_per_core: float | None  # FLAC: the same samples decoded by libsndfile instead
 
     @property
     def per_core(self) -> float:
@@ -97,6 +101,7 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
     first, members = batch, AudioMembers(urls)
     samples, worker_cpu, wall = 0, 0.0, 0.0
     decoded, decode_cpu, bookkeeping, codecs = 0, 0.0, 0.0, Counter()
+    libsndfile_decoded, libsndfile_cpu = 0, 0.0
     process_began = time.process_time()
     for _ in range(rounds):
         keys, began = [], time.perf_counter()
@@ -121,14 +126,21 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
             if time.thread_time() - began >= min_decode_s / rounds:
                 break
         decode_cpu += time.thread_time() - began
+        flac = [payload for codec, payload in todo if codec == "flac"]
+        began = time.thread_time()  # the reference: libsndfile, the decoder the loader left
+        for payload in flac:
+            sf.read(io.BytesIO(payload), dtype="int16")
+        libsndfile_decoded += len(flac)
+        libsndfile_cpu += time.thread_time() - began
     # this process's CPU for the loader: all of it in the rounds, less the decoding alone and
     # the bench's reading of the audio members
-    main_cpu = time.process_time() - process_began - decode_cpu - bookkeeping
+    main_cpu = time.process_time() - process_began - decode_cpu - bookkeeping - libsndfile_cpu
     del stream, loader  # stop the workers before timing anything else
     if not workers:  # one process: its clock is the loader's
         worker_cpu = 0.0
     return LoaderRun(samples / wall, samples, worker_cpu, main_cpu, decoded, decode_cpu,
-                     ", ".join(sorted(codecs)), first)  # fmt: skip
+                     ", ".join(sorted(codecs)), first,
+                     libsndfile_decoded / libsndfile_cpu if libsndfile_cpu else None)  # fmt: skip
 
 
 def workers_idle(timeout_s: float = 10.0, still_s: float = 0.05) -> None:
@@ -225,6 +237,9 @@ def main() -> None:
     print(f"decode alone ({run.codecs}, the same samples, one core): {run.decoded} in "
           f"{run.decode_cpu_s:.2f} s")  # fmt: skip
     print(f"decode_per_core={run.decode_per_core:.1f}")
+    if run.libsndfile_per_core:  # FLAC: against the decoder the loader used before dr_flac
+        print(f"libsndfile_per_core={run.libsndfile_per_core:.1f}  (the same FLAC, one core: "
+              f"the loader is {run.per_core / run.libsndfile_per_core:.2f} of it)")  # fmt: skip
     print(f"loader_over_decode={run.per_core / run.decode_per_core:.3f}")
 
 

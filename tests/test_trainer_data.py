@@ -18,7 +18,7 @@ import torch
 import webdataset as wds
 from shardfactory import clips, factory_output, make_samples  # noqa: F401  (a fixture)
 
-from schemas import SampleError, encode_sample
+from schemas import SampleError, SampleMetadata, encode_sample
 from trainer import data
 from trainer.data import DEFAULT_STEP_SAMPLES as STEP_SAMPLES
 from trainer.data import crop_steps, make_loader, resolve_shards
@@ -290,13 +290,18 @@ def test_the_tar_reader_reads_what_webdataset_reads(factory_output, tmp_path):  
             if sample is samples[1]:
                 members = {**members, "__key__": long_id}
             sink.write(members)
-    urls = [*resolve_shards(str(factory_output)).urls, str(shard)]
+    # local files are mapped (members: views of the mapping), a pipe is read as a stream
+    urls = [*resolve_shards(str(factory_output)).urls, str(shard), f"pipe:cat {shard}"]
     ours = list(tar_samples([{"url": u} for u in urls], handler=wds.reraise_exception))
     theirs = list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
     assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
-    assert ours[-1]["__key__"] == long_id
+    assert ours[-1]["__key__"] == ours[-3]["__key__"] == long_id
+    assert isinstance(ours[0]["flac"], memoryview) and isinstance(ours[-1]["flac"], bytes)
     for mine, wds_sample in zip(ours, theirs, strict=True):
         assert mine == {k: v for k, v in wds_sample.items() if k != "__local_path__"}
+        assert SampleMetadata.from_json(mine["json"]) == SampleMetadata.from_json(
+            wds_sample["json"]
+        )
 
 
 def test_a_torn_tar_gives_its_whole_samples_and_then_one_error(factory_output):  # noqa: F811
