@@ -196,9 +196,11 @@ def print_table(device: str, pipeline: dict, teacher: float, rows: list[CodecFig
               "with loader/s", "with/alone", f"audio-h per {kind}-h", "GPU util"]  # fmt: skip
     table = [header]
     for r in rows:
+        decodes = r.decode_per_core < 1e5  # pcm16's "decoding" is a view: no floor to compare
         table.append([r.codec, f"{r.shard_mb:.1f}", f"{r.loader_per_core:.0f}",
-                      f"{r.decode_per_core:.0f}" if r.decode_per_core < 1e5 else "(no decoding)",
-                      f"{r.loader_per_core / r.decode_per_core:.2f}", f"{r.step_alone:.1f}",
+                      f"{r.decode_per_core:.0f}" if decodes else "(no decoding)",
+                      f"{r.loader_per_core / r.decode_per_core:.2f}" if decodes else "n/a",
+                      f"{r.step_alone:.1f}",
                       f"{r.with_loader:.1f}", f"{r.with_loader / r.step_alone:.2f}",
                       f"{r.audio_hours:.0f}",
                       f"{r.gpu_util:.0f} %" if r.gpu_util is not None else "n/a"])  # fmt: skip
