@@ -513,7 +513,7 @@ def shuffled(src: Iterator[Any], bufsize: int, seed: int) -> Iterator[Any]:
     yield from wds.filters._shuffle(src, bufsize, min(bufsize, 64), rng)
 
 
-class Cropper:
+class ExamplePlanner:
     """The per-sample map: read, check and plan the crop (the audio is decoded later, into the
     batch), with an RNG seeded per rank and worker on first use (the loader is copied into each
     worker process before any sample is seen)."""
@@ -564,7 +564,7 @@ def make_loader(
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
     stages += [
-        wds.map(Cropper(heads, steps, step_samples, train, seed), handler=events.sample_failed),
+        wds.map(ExamplePlanner(heads, steps, step_samples, train, seed), handler=events.sample_failed),
         functools.partial(
             crop_batches, batch_size=batch_size, events=events,
             crop_samples=steps * step_samples, partial=not train,
