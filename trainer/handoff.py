@@ -196,7 +196,7 @@ def _forget_gone_workers() -> None:
     for token, index in list(_mapped):
         try:
             os.kill(token[0], 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone (its pid unused, or reused)
             block = _mapped.pop((token, index))
             with contextlib.suppress(BufferError):  # still viewed: unmapped when dropped
                 block.close()
