@@ -405,6 +405,11 @@ def test_worker_blocks_are_reused_once_the_training_process_drops_its_batches(
     blocks = set(handoff._mapped) - before
     assert 2 <= len(blocks) <= 6  # the one held, those in flight (2 prefetched), one reused
     assert torch.equal(kept["wave"], kept_wave)
+    # the next loader's first blocks forget those of the worker that has exited; the batch
+    # still held keeps its mapping alive, unchanged
+    next(iter(make_loader(urls, ["objects", "scenes"], 3, workers=1, seed=6)))
+    assert not blocks & set(handoff._mapped)
+    assert torch.equal(kept["wave"], kept_wave)
 
 
 def test_dr_flac_gives_libsndfile_s_samples(factory_output):  # noqa: F811
