@@ -244,9 +244,7 @@ def decode_audio(
             )
         return np.frombuffer(data, dtype=PCM16).astype(np.int16, copy=False)
     with FlacReader(data, where) as flac:
-        audio = np.empty(flac.num_samples, dtype=np.int16)
-        flac.read_into(audio, 0)
-    return audio
+        return flac.read_all()
 
 
 def decode_audio_into(
@@ -272,7 +270,7 @@ def decode_audio_into(
         out[:] = np.frombuffer(data, PCM16, len(out), start * PCM16.itemsize)
         return
     with FlacReader(data, where) as flac:
-        if flac.num_samples != num_samples:
+        if flac.num_samples not in (None, num_samples):
             raise SampleError(
                 f"{where}: FLAC of {flac.num_samples} samples, metadata says {num_samples}"
             )
@@ -298,20 +296,40 @@ class FlacReader:
             raise SampleError(
                 f"{where}: audio is {rate} Hz with {channels} channels, expected mono"
             )
-        self.num_samples = self.handle.totalPCMFrameCount
+        # 0: the stream does not say (a FLAC written to a pipe cannot go back to record it)
+        self.num_samples: int | None = self.handle.totalPCMFrameCount or None
+
+    def read_all(self) -> np.ndarray:
+        """Every sample of the stream."""
+        if self.num_samples is not None:
+            audio = np.empty(self.num_samples, dtype=np.int16)
+            self.read_into(audio, 0)
+            return audio
+        parts, chunk = [], np.empty(1 << 20, dtype=np.int16)
+        while got := self._read(chunk):
+            parts.append(chunk[:got].copy())
+        return np.concatenate(parts) if parts else chunk[:0].copy()
 
     def read_into(self, out: np.ndarray, start: int) -> None:
         """Samples start .. start + len(out) into `out`; a stream that ends early is an error."""
-        if out.dtype != np.int16 or not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError("out must be a writeable, contiguous int16 array")
-        if start and not _flac.lib.ma_dr_flac_seek_to_pcm_frame(self.handle, start):
+        if start and self.num_samples is None:  # dr_flac seeks wrongly without the length
+            skipped, scratch = 0, np.empty(min(start, 1 << 20), dtype=np.int16)
+            while skipped < start and (got := self._read(scratch[: start - skipped])):
+                skipped += got
+        elif start and not _flac.lib.ma_dr_flac_seek_to_pcm_frame(self.handle, start):
             raise SampleError(f"{self.where}: unreadable FLAC: cannot seek to sample {start}")
-        target = _flac.ffi.cast("ma_int16 *", _flac.ffi.from_buffer(out))
-        got = _flac.lib.ma_dr_flac_read_pcm_frames_s16(self.handle, len(out), target)
+        got = self._read(out)
         if got != len(out):
             raise SampleError(
-                f"{self.where}: FLAC ends after {start + got} of {self.num_samples} samples"
+                f"{self.where}: FLAC ends after {start + got} samples, {start + len(out)} wanted"
             )
+
+    def _read(self, out: np.ndarray) -> int:
+        """The next len(out) samples into `out` (int16, contiguous); how many there were."""
+        if out.dtype != np.int16 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable, contiguous int16 array")
+        target = _flac.ffi.cast("ma_int16 *", _flac.ffi.from_buffer(out))
+        return _flac.lib.ma_dr_flac_read_pcm_frames_s16(self.handle, len(out), target)
 
     def close(self) -> None:
         if self.handle is not None:

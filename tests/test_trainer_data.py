@@ -419,7 +419,7 @@ def test_dr_flac_gives_libsndfile_s_samples(factory_output):  # noqa: F811
 
     import soundfile as sf
 
-    from schemas.sample import decode_audio
+    from schemas.sample import decode_audio, decode_audio_into
     from trainer.tarstream import tar_samples
 
     urls = resolve_shards(str(factory_output)).urls
@@ -432,5 +432,15 @@ def test_dr_flac_gives_libsndfile_s_samples(factory_output):  # noqa: F811
         np.testing.assert_array_equal(ours, sf.read(io.BytesIO(member), dtype="int16")[0])
     with pytest.raises(SampleError, match="k-0001: FLAC ends after"):
         decode_audio(members[0][: len(members[0]) // 2], "flac", where="k-0001")
+    # a FLAC whose header does not give its length (one written to a pipe) reads as well
+    whole = decode_audio(members[0], "flac")
+    unsaid = bytearray(members[0])
+    fields = int.from_bytes(unsaid[18:26], "big")  # STREAMINFO: rate, channels, bits, samples
+    assert fields & (2**36 - 1) == len(whole)
+    unsaid[18:26] = (fields & ~(2**36 - 1)).to_bytes(8, "big")
+    np.testing.assert_array_equal(decode_audio(bytes(unsaid), "flac"), whole)
+    window = np.empty(1000, np.int16)
+    decode_audio_into(bytes(unsaid), "flac", window, 500, len(whole))
+    np.testing.assert_array_equal(window, whole[500:1500])
     with pytest.raises(SampleError, match="k-0001: unreadable FLAC"):
         decode_audio(b"fLaC but not really" * 10, "flac", where="k-0001")
