@@ -13,11 +13,11 @@ decoded straight into a reused block costs no more than decoding alone (a fresh 
 decoded sample cost a fifth of a FLAC decode more). A batch travels as a small message (which
 block, where its arrays lie, and with a block's first batch its file descriptor); the training
 process, while unpickling it, maps a new block (once, for its worker's life) and makes the
-batch's tensors views of it: nothing is copied. When the last of those tensors is gone (the training loop has
-moved on, or the DataLoader's pin-memory thread has copied the batch into pinned memory) the
-block is marked free, and only then may its worker fill it again: nothing the training process
-holds can change under it. A batch kept (a reference held) keeps its block; the worker makes
-another.
+batch's tensors views of it: nothing is copied. When the last of those tensors is gone (the
+training loop has moved on, or the DataLoader's pin-memory thread has copied the batch into
+pinned memory) the block is marked free, and only then may its worker fill it again: nothing
+the training process holds can change under it. A batch kept (a reference held) keeps its
+block; the worker makes another.
 
 In the training process itself (no workers) batches live in its own reused blocks, freed the
 same way; where there is no memfd (not Linux) they are plain tensors.
