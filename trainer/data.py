@@ -208,11 +208,12 @@ def read_label_names(source: ShardSource, heads: Mapping[str, int]) -> dict[str,
 @dataclass(frozen=True)
 class Crop:
     """What a crop of a segment holds: the segment's samples start .. start + length, repeated
-    cyclically to the crop's length (once, when length is the crop's), and one row a step."""
+    cyclically to the crop's `samples` (once, when length is that), and one row a step."""
 
     start: int
     length: int
-    rows: dict[str, np.ndarray]  # {head: [steps, C]}
+    samples: int  # the crop's: steps * step_samples
+    rows: dict[str, np.ndarray]  # {head: float32 [steps, C]}
 
 
 def plan_crop(
@@ -236,11 +237,10 @@ def plan_crop(
     repeated, their targets with them)."""
     if num_samples < 1:
         raise SampleError(f"{where}: no audio")
-    whole = num_samples // step_samples
+    whole, samples = num_samples // step_samples, steps * step_samples
     if whole == 0:  # shorter than one step: its frames label the whole crop
-        return Crop(
-            0, num_samples, {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
-        )
+        rows = {h: np.repeat(_mean_row(p), steps, axis=0) for h, p in probs.items()}
+        return Crop(0, num_samples, samples, rows)
     if frames_per_step is None:
         rows = {h: np.repeat(_mean_row(p), whole, axis=0) for h, p in probs.items()}
     else:
@@ -257,32 +257,22 @@ def plan_crop(
         last = whole - steps
         first = rng.randint(0, last) if rng is not None else last // 2
         window = {h: r[first : first + steps] for h, r in rows.items()}
-        return Crop(first * step_samples, steps * step_samples, window)
+        return Crop(first * step_samples, samples, samples, window)
     index = np.arange(steps) % whole  # tile: steps 0..whole-1 repeated, their targets with them
-    return Crop(0, whole * step_samples, {h: r[index] for h, r in rows.items()})
+    return Crop(0, whole * step_samples, samples, {h: r[index] for h, r in rows.items()})
 
 
 def crop_steps(
-    audio: np.ndarray,
-    probs: Mapping[str, np.ndarray],
-    steps: int = CROP_STEPS,
-    rng: random.Random | None = None,
-    where: str = "sample",
-    *,
-    step_samples: int = DEFAULT_STEP_SAMPLES,
-    frames_per_step: int | None = 1,
+    audio: np.ndarray, probs: Mapping[str, np.ndarray], *args: Any, **kwargs: Any
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(audio [steps * step_samples], {head: rows [steps, C]}) of a decoded segment, cropped as
-    `plan_crop` says: a view of `audio` when the segment holds the whole crop, else a tiled
-    copy."""
-    crop = plan_crop(
-        len(audio), probs, steps, rng, where, step_samples=step_samples,
-        frames_per_step=frames_per_step,
-    )  # fmt: skip
+    `plan_crop(len(audio), probs, *args, **kwargs)` says: a view of `audio` when the segment
+    holds the whole crop, else a tiled copy."""
+    crop = plan_crop(len(audio), probs, *args, **kwargs)
     used = audio[crop.start : crop.start + crop.length]
-    if crop.length == steps * step_samples:
+    if crop.length == crop.samples:
         return used, crop.rows
-    wave = np.empty(steps * step_samples, dtype=audio.dtype)
+    wave = np.empty(crop.samples, dtype=audio.dtype)
     wave[: crop.length] = used
     repeat_in_place(wave, crop.length)
     return wave, crop.rows
@@ -318,7 +308,7 @@ class Example:
     audio: bytes  # the audio member
     codec: str
     num_samples: int
-    crop: Crop  # rows as float32
+    crop: Crop
 
 
 def make_example(
@@ -341,10 +331,9 @@ def make_example(
         meta.num_samples, probs, steps, rng, where=sample.key, step_samples=step_samples,
         frames_per_step=per_step,
     )  # fmt: skip
-    rows = {h: r.astype(np.float32, copy=False) for h, r in crop.rows.items()}
     return Example(
         sample.key, raw.get("__url__", "?"), raw[meta.audio_codec], meta.audio_codec,
-        meta.num_samples, Crop(crop.start, crop.length, rows),
+        meta.num_samples, crop,
     )  # fmt: skip
 
 
@@ -432,10 +421,9 @@ def crop_batches(
     examples: Iterator[Example],
     batch_size: int,
     events: LoaderEvents,
-    crop_samples: int,
     partial: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: Examples -> {"keys", "wave": int16 [B, crop_samples], "targets": {head:
+    """Pipeline stage: Examples -> {"keys", "wave": int16 [B, crop samples], "targets": {head:
     float32 [B, steps, C]}, "events"}. Each crop's audio is decoded straight into its row of the
     memory the batch travels in (trainer/handoff.py); a sample whose audio cannot be decoded is
     skipped and counted like any bad sample, and the next one takes its row. `partial` yields
@@ -449,7 +437,7 @@ def crop_batches(
         while todo := list(itertools.islice(examples, batch_size - len(keys))):
             if buffers is None:
                 buffers = BatchBuffers({
-                    "wave": ((batch_size, crop_samples), np.int16),
+                    "wave": ((batch_size, todo[0].crop.samples), np.int16),
                     **{("targets", h): ((batch_size, *r.shape), np.float32)
                        for h, r in todo[0].crop.rows.items()},
                 })  # fmt: skip
@@ -564,12 +552,11 @@ def make_loader(
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(shuffled, bufsize=shuffle_buffer, seed=seed))
     stages += [
-        wds.map(ExamplePlanner(heads, steps, step_samples, train, seed), handler=events.sample_failed),
-        functools.partial(
-            crop_batches, batch_size=batch_size, events=events,
-            crop_samples=steps * step_samples, partial=not train,
+        wds.map(
+            ExamplePlanner(heads, steps, step_samples, train, seed), handler=events.sample_failed
         ),
-    ]  # fmt: skip
+        functools.partial(crop_batches, batch_size=batch_size, events=events, partial=not train),
+    ]
     pipeline = wds.DataPipeline(*stages)
     return wds.WebLoader(
         pipeline,

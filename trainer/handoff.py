@@ -92,7 +92,8 @@ def _layout(specs: Specs) -> tuple[Layout, int]:
     return layout, offset
 
 
-def _views(block: mmap.mmap, layout: Layout) -> dict[Name, np.ndarray]:
+def _views(block: Any, layout: Layout) -> dict[Name, np.ndarray]:
+    """The layout's arrays, views of `block` (a mapping, or an array over one)."""
     return {
         name: np.frombuffer(block, dtype, math.prod(shape), offset).reshape(shape)
         for name, shape, dtype, offset in layout
@@ -103,12 +104,7 @@ def _leased_tensors(block: mmap.mmap, layout: Layout) -> dict[Name, torch.Tensor
     """The batch's tensors, views of `block`; the block is marked free once none is left."""
     lease = np.frombuffer(block, np.uint8)  # every tensor's storage keeps this alive
     weakref.finalize(lease, _release, block)
-    tensors = {}
-    for name, shape, dtype, offset in layout:
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        view = lease[offset : offset + nbytes].view(dtype).reshape(shape)
-        tensors[name] = torch.from_numpy(view)
-    return tensors
+    return {name: torch.from_numpy(view) for name, view in _views(lease, layout).items()}
 
 
 def _release(block: mmap.mmap) -> None:

@@ -51,7 +51,7 @@ def tar_samples(
     for source in wds.tariterators.url_opener(src, handler=handler):
         url, stream = source["url"], source["stream"]
         try:
-            for sample in group_members(tar_members(_mapped(stream) or stream)):
+            for sample in group_members(tar_members(_mapped_file(stream) or stream)):
                 sample["__url__"] = url
                 yield sample
             stream.close()  # a pipe: raises when its command failed
@@ -74,7 +74,7 @@ class _MappedFile:
         return chunk
 
 
-def _mapped(stream: Any) -> _MappedFile | None:
+def _mapped_file(stream: Any) -> _MappedFile | None:
     """The stream's file mapped, when it is a whole local regular file not yet read."""
     try:
         fd = stream.fileno()
