@@ -22,6 +22,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,34 +174,51 @@ class Sample:
 
 def validate_sample(sample: Sample) -> Sample:
     meta, where = sample.metadata, sample.key
-    if meta.key != sample.key:
+    _check_metadata(meta, where, sample.probs)
+    if sample.audio.ndim != 1 or len(sample.audio) != meta.num_samples:
+        raise SampleError(
+            f"{where}: audio has shape {sample.audio.shape}, metadata says {meta.num_samples}"
+        )
+    checked_rows(meta, sample.probs, where)
+    return sample
+
+
+def _check_metadata(meta: SampleMetadata, where: str, heads: Mapping[str, Any]) -> None:
+    """The metadata agrees with the sample's key and format, and names the heads it has."""
+    if meta.key != where:
         raise SampleError(f"{where}: key does not match metadata ({meta.key!r})")
     if meta.sample_rate != SAMPLE_RATE:
         raise SampleError(f"{where}: sample_rate {meta.sample_rate}, expected {SAMPLE_RATE}")
     if meta.audio_codec not in AUDIO_CODECS:
         raise SampleError(f"{where}: audio_codec {meta.audio_codec!r} is not one of {AUDIO_CODECS}")
-    if sample.audio.ndim != 1 or len(sample.audio) != meta.num_samples:
-        raise SampleError(
-            f"{where}: audio has shape {sample.audio.shape}, metadata says {meta.num_samples}"
-        )
-    if set(sample.probs) != set(meta.heads):
-        raise SampleError(f"{where}: heads {sorted(sample.probs)} != metadata {sorted(meta.heads)}")
-    num_frames = len(meta.frame_times_s)
-    if num_frames < 1:
+    if heads.keys() != meta.heads.keys():
+        raise SampleError(f"{where}: heads {sorted(heads)} != metadata {sorted(meta.heads)}")
+    if not meta.frame_times_s:
         raise SampleError(f"{where}: no teacher frames")
-    for head, probs in sample.probs.items():
+
+
+def checked_rows(
+    meta: SampleMetadata, probs: Mapping[str, np.ndarray], where: str
+) -> dict[str, np.ndarray]:
+    """Each head's rows as float32, once checked: one row per teacher frame of its head's
+    classes, each a distribution (non-negative, finite, summing to 1)."""
+    num_frames, rows = len(meta.frame_times_s), {}
+    for head, probs_ in probs.items():
         info = meta.heads[head]
-        if probs.shape != (num_frames, info.num_classes):
+        if probs_.shape != (num_frames, info.num_classes):
             raise SampleError(
-                f"{where}: {head} has shape {probs.shape}, expected ({num_frames}, {info.num_classes})"
+                f"{where}: {head} has shape {probs_.shape}, expected ({num_frames}, {info.num_classes})"
             )
-        p = probs.astype(np.float32)
-        sums = p.sum(axis=1)  # a NaN or an infinity anywhere shows in its row's sum
-        if not np.isfinite(sums).all() or p.min() < 0:
+        p = rows[head] = probs_.astype(np.float32)
+        # one test for every row (a NaN fails both comparisons, an infinity the sums'); which
+        # problem it is is only worked out for a sample that fails it
+        sums = p.sum(axis=1).tolist()
+        if p.min() >= 0 and all(abs(s - 1) <= ROW_SUM_TOLERANCE for s in sums):
+            continue
+        if not np.isfinite(p).all() or p.min() < 0:
             raise SampleError(f"{where}: {head} has negative or non-finite probabilities")
-        if np.abs(sums - 1).max() > ROW_SUM_TOLERANCE:
-            raise SampleError(f"{where}: {head} rows do not sum to 1")
-    return sample
+        raise SampleError(f"{where}: {head} rows do not sum to 1")
+    return rows
 
 
 def encode_sample(sample: Sample) -> dict[str, Any]:
@@ -394,6 +412,27 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 def decode_sample(members: dict[str, Any], audio: bool = True) -> Sample:
     """WebDataset dict of raw bytes -> validated Sample, whatever its audio codec. `audio=False`
     skips decoding the audio (its member is still checked against the recorded codec)."""
+    key, meta, codec, probs = _read_members(members)
+    if audio:
+        wave = decode_audio(members[codec], codec, where=key)
+    else:
+        wave = np.broadcast_to(np.int16(0), (meta.num_samples,))  # silence of its length, free
+    return validate_sample(Sample(key=key, audio=wave, probs=probs, metadata=meta))
+
+
+def decode_targets(members: dict[str, Any]) -> tuple[SampleMetadata, dict[str, np.ndarray]]:
+    """A sample's metadata and teacher rows (float32), checked as `decode_sample` checks them,
+    with its audio member checked against the recorded codec but not decoded: what a loader
+    needs to plan a crop whose audio it decodes later, straight into its batch."""
+    key, meta, _, probs = _read_members(members)
+    _check_metadata(meta, key, probs)
+    return meta, checked_rows(meta, probs, key)
+
+
+def _read_members(
+    members: dict[str, Any],
+) -> tuple[str, SampleMetadata, str, dict[str, np.ndarray]]:
+    """(key, metadata, audio member name, {head: stored rows}) of a WebDataset dict."""
     key = members.get("__key__", "?")
     if METADATA_MEMBER not in members:
         raise SampleError(f"{key}: no '{METADATA_MEMBER}' member")
@@ -405,8 +444,4 @@ def decode_sample(members: dict[str, Any], audio: bool = True) -> Sample:
         if name not in members:
             raise SampleError(f"{key}: no '{name}' member")
         probs[head] = decode_npy(members[name], where=f"{key}.{name}")
-    if audio:
-        wave = decode_audio(members[codec], codec, where=key)
-    else:
-        wave = np.broadcast_to(np.int16(0), (meta.num_samples,))  # silence of its length, free
-    return validate_sample(Sample(key=key, audio=wave, probs=probs, metadata=meta))
+    return key, meta, codec, probs

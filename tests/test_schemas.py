@@ -26,6 +26,7 @@ from schemas import (
     validate_table,
     write_table,
 )
+from schemas.sample import decode_targets
 
 
 def make_sample(frames=2, classes=5, seconds=1.0) -> Sample:
@@ -71,6 +72,25 @@ def test_invalid_samples_are_refused_with_the_key_in_the_message():
     wrong_frames.probs["objects"] = wrong_frames.probs["objects"][:1]
     with pytest.raises(SampleError, match="shape"):
         encode_sample(wrong_frames)
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [(np.nan, "non-finite"), (np.inf, "non-finite"), (-np.inf, "non-finite"),
+     (-0.25, "negative"), (0.75, "sum to 1")],
+)  # fmt: skip
+def test_a_bad_teacher_row_is_refused_on_decoding_and_named(value, problem):
+    """Every row is checked in the stored float16 on the way back too, by the trainer's reader
+    (decode_targets) as by decode_sample."""
+    members = encode_sample(make_sample(frames=2))
+    rows = np.load(io.BytesIO(members["objects.npy"]))
+    rows[1, 2] = value  # one entry of the second row
+    buf = io.BytesIO()
+    np.save(buf, rows, allow_pickle=False)
+    members["objects.npy"] = buf.getvalue()
+    for decode in (decode_sample, decode_targets):
+        with pytest.raises(SampleError, match=f"clip_1234abcd-0003: objects .*{problem}"):
+            decode(members)
 
 
 def test_a_pickled_npy_member_is_refused_never_unpickled():

@@ -58,7 +58,6 @@ from schemas import (
     HeadInfo,
     SampleError,
     SampleMetadata,
-    decode_sample,
     frames_per_step,
     generic_labels,
     labels_path,
@@ -66,7 +65,7 @@ from schemas import (
 )
 from schemas.frames import step_rows
 from schemas.labels import is_url
-from schemas.sample import decode_audio_into
+from schemas.sample import decode_audio_into, decode_targets
 from trainer.handoff import BatchBuffers
 from trainer.tarstream import tar_samples
 
@@ -150,7 +149,7 @@ def inspect_shards(urls: Sequence[str], max_shards: int = 20, max_samples: int =
         try:
             metas: list[SampleMetadata] = []
             for raw in tar_samples([{"url": url}], handler=wds.reraise_exception):
-                metas.append(decode_sample(raw, audio=False).metadata)
+                metas.append(decode_targets(raw)[0])
                 if metas[-1].frame_interval() is not None or len(metas) >= max_samples:
                     break
         except Exception as err:  # a corrupt shard: try the next one
@@ -288,7 +287,7 @@ def repeat_in_place(out: np.ndarray, filled: int) -> None:
 
 
 def _mean_row(rows: np.ndarray) -> np.ndarray:
-    return rows.astype(np.float32).mean(axis=0, keepdims=True)
+    return np.asarray(rows, dtype=np.float32).mean(axis=0, keepdims=True)
 
 
 def sample_frames_per_step(meta: SampleMetadata, step_samples: int) -> int | None:
@@ -319,21 +318,21 @@ def make_example(
     step_samples: int = DEFAULT_STEP_SAMPLES,
 ) -> Example:
     """A raw WebDataset sample (FLAC or pcm16 audio) -> its Example; the audio is not decoded."""
-    sample = decode_sample(raw, audio=False)  # validates the metadata, shapes and distributions
-    missing = [h for h in heads if h not in sample.probs]
+    meta, rows = decode_targets(raw)  # validates the metadata, shapes and distributions
+    missing = [h for h in heads if h not in rows]
     if missing:
-        raise SampleError(f"{sample.key}: no {missing} head(s); it has {sorted(sample.probs)}")
-    meta = sample.metadata
-    probs = {h: sample.probs[h] for h in heads}
+        raise SampleError(f"{meta.key}: no {missing} head(s); it has {sorted(rows)}")
+    probs = {h: rows[h] for h in heads}
     # without heads (the autoencoder) no teacher row is read, so none needs aligning
     per_step = sample_frames_per_step(meta, step_samples) if probs else 1
+    key = raw["__key__"]
     crop = plan_crop(
-        meta.num_samples, probs, steps, rng, where=sample.key, step_samples=step_samples,
+        meta.num_samples, probs, steps, rng, where=key, step_samples=step_samples,
         frames_per_step=per_step,
     )  # fmt: skip
     return Example(
-        sample.key, raw.get("__url__", "?"), raw[meta.audio_codec], meta.audio_codec,
-        meta.num_samples, crop,
+        key, raw.get("__url__", "?"), raw[meta.audio_codec], meta.audio_codec, meta.num_samples,
+        crop,
     )  # fmt: skip
 
 
