@@ -11,11 +11,12 @@ members of the same samples (the keys the loader delivered, as often as it did) 
 on one core, with the loader's decoder (pcm16: a view; FLAC: dr_flac), while the loader's
 workers wait with their prefetch full: the floor of any loader of these shards. The two
 alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
-same machine; FLAC is also decoded by libsndfile, for reference. Step: forward, KL loss, backward and Adam step of the model on one batch of the same
-data, already on the device.
+same machine; FLAC is also decoded by libsndfile, for reference. Step: forward, KL loss,
+backward and Adam step of the model on one batch of the same data, already on the device.
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
-`decode_per_core=`, for FLAC `libsndfile_per_core=` and, last, `loader_over_decode=` (the loader's share of its floor).
+`decode_per_core=`, for FLAC `libsndfile_per_core=` and, last, `loader_over_decode=` (the
+loader's share of its floor).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
-from schemas import SAMPLE_RATE, decode_sample  # noqa: E402
-from schemas.sample import audio_member, decode_audio  # noqa: E402
+from schemas import SAMPLE_RATE  # noqa: E402
+from schemas.sample import audio_member, decode_audio, decode_targets  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.losses import distillation_loss  # noqa: E402
 from trainer.tarstream import tar_samples  # noqa: E402
@@ -75,7 +76,7 @@ class AudioMembers:
     def get(self, keys: list[str]) -> list[tuple[str, bytes]]:
         if set(keys) - self.members.keys():
             for raw in tar_samples([{"url": u} for u in self.urls], handler=wds.reraise_exception):
-                meta = decode_sample(raw, audio=False).metadata
+                meta, _ = decode_targets(raw)
                 codec = audio_member(raw, meta, raw["__key__"])
                 self.members[raw["__key__"]] = (codec, raw[codec])
         return [self.members[key] for key in keys]

@@ -203,13 +203,11 @@ def checked_rows(
     """Each head's rows as float32, once checked: one row per teacher frame of its head's
     classes, each a distribution (non-negative, finite, summing to 1)."""
     num_frames, rows = len(meta.frame_times_s), {}
-    for head, probs_ in probs.items():
-        info = meta.heads[head]
-        if probs_.shape != (num_frames, info.num_classes):
-            raise SampleError(
-                f"{where}: {head} has shape {probs_.shape}, expected ({num_frames}, {info.num_classes})"
-            )
-        p = rows[head] = probs_.astype(np.float32)
+    for head, stored in probs.items():
+        expected = (num_frames, meta.heads[head].num_classes)
+        if stored.shape != expected:
+            raise SampleError(f"{where}: {head} has shape {stored.shape}, expected {expected}")
+        p = rows[head] = stored.astype(np.float32)
         # one test for every row (a NaN fails both comparisons, an infinity the sums'); which
         # problem it is is only worked out for a sample that fails it
         sums = p.sum(axis=1).tolist()

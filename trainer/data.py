@@ -19,9 +19,9 @@ the crop under the mean of its frames. Shards' audio may be FLAC or raw int16 (p
 Each sample is read, checked and its crop planned first (`make_example`); its audio is decoded
 last, straight into its row of the batch (`crop_batches`), in memory the loader's processes
 reuse, and the batch reaches the training process as views of that memory (trainer/handoff.py):
-a decoded sample is not copied on its way (on a GPU, only into pinned memory). The waves stay int16 (half the bytes of float32) and
-are scaled to the network's [-256, 256] on the device (`batch_to`): int16 x 2^-7 is exact in
-float32, so the model sees the same numbers.
+a decoded sample is not copied on its way (on a GPU, only into pinned memory). The waves stay
+int16 (half the bytes of float32) and are scaled to the network's [-256, 256] on the device
+(`batch_to`): int16 x 2^-7 is exact in float32, so the model sees the same numbers.
 
 Shards are read as an endless stream: by default each rank and worker resamples shards at
 random with its own seed (WebDataset's ResampledShards), so ranks never run dry at different
@@ -319,13 +319,13 @@ def make_example(
 ) -> Example:
     """A raw WebDataset sample (FLAC or pcm16 audio) -> its Example; the audio is not decoded."""
     meta, rows = decode_targets(raw)  # validates the metadata, shapes and distributions
+    key = raw["__key__"]  # the metadata's, once checked
     missing = [h for h in heads if h not in rows]
     if missing:
-        raise SampleError(f"{meta.key}: no {missing} head(s); it has {sorted(rows)}")
+        raise SampleError(f"{key}: no {missing} head(s); it has {sorted(rows)}")
     probs = {h: rows[h] for h in heads}
     # without heads (the autoencoder) no teacher row is read, so none needs aligning
     per_step = sample_frames_per_step(meta, step_samples) if probs else 1
-    key = raw["__key__"]
     crop = plan_crop(
         meta.num_samples, probs, steps, rng, where=key, step_samples=step_samples,
         frames_per_step=per_step,
@@ -534,8 +534,9 @@ def make_loader(
     workers: int = 0,
     pin_memory: bool = False,
 ) -> wds.WebLoader:
-    """Batches of crops of `steps` output steps of `step_samples`, aligned. Training streams forever; validation (`train=False`) reads
-    each shard once, split between ranks and workers, with central crops and no shuffling."""
+    """Batches of crops of `steps` output steps of `step_samples`, aligned. Training streams
+    forever; validation (`train=False`) reads each shard once, split between ranks and workers,
+    with central crops and no shuffling."""
     events = LoaderEvents(max_consecutive_failures=max(100, 4 * len(urls)))
     if not train:
         shards: Any = [wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker]
