@@ -49,6 +49,10 @@ class Dataset:
         missing = set(folds) - set(self.folds.tolist())
         if missing:
             raise DatasetError(f"{self.root}: no clips in fold(s) {sorted(missing)}")
+        if len(set(folds)) < 2:  # each fold is scored by an SVM trained on the others
+            raise DatasetError(
+                f"{self.root}: folds {sorted(set(folds))}: leave-one-out needs at least two folds"
+            )
         clips = [c for c in self.clips if c.fold in folds]
         return Dataset(self.name, self.root, self.classes, clips)
 

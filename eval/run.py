@@ -105,11 +105,21 @@ def compute_samples(
     return samples, (time.perf_counter() - start) / max(1, len(paths))
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    set_threads()
+# what a user's options or files can get wrong: reported as one line, not a traceback
+USER_ERRORS = (DatasetError, AudioError, PretrainedError, CheckpointError, ValueError)
+
+
+def selected_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset the options name, cut to their --folds."""
     dataset = load_dataset(args.dataset, args.root, args.subset, args.meta)
     if args.folds:
         dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
+    return dataset
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    set_threads()
+    dataset = selected_dataset(args)
     samples, per_clip = compute_samples(args, dataset)
     progress = not args.no_progress
     protocol = args.protocol  # the MFCC baseline's one vector a clip: always "pooled"
@@ -176,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         results = evaluate(args)
-    except (DatasetError, AudioError, PretrainedError, CheckpointError, ValueError) as err:
+    except USER_ERRORS as err:
         sys.exit(f"error: {err}")
     out = args.out or Path("runs") / f"eval-{results['dataset']}-{_slug(results['description'])}"
     write_outputs(out, results)

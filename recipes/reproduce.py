@@ -78,6 +78,20 @@ def train(args: argparse.Namespace) -> None:
                        "--resume", *args.trainer_option])  # fmt: skip
 
 
+def eval_options(args: argparse.Namespace, row: Row, folder: Path) -> argparse.Namespace:
+    return eval_run.parse_args([*row.eval_args, "--dataset=esc50", f"--root={args.esc}",
+                                f"--out={folder}", *args.eval_option])  # fmt: skip
+
+
+def check_esc(args: argparse.Namespace) -> None:
+    """The ESC folder and --eval-option folds readable before hours of shards and training."""
+    options = eval_options(args, rows(args.out, args.steps)[0], args.out / "eval")
+    try:
+        eval_run.selected_dataset(options)
+    except eval_run.USER_ERRORS as err:
+        raise SystemExit(f"reproduce: --esc: {err}") from err
+
+
 def evaluate(args: argparse.Namespace, row: Row) -> dict | None:
     """The row's results: read back when they are newer than its network, else computed."""
     folder = args.out / "eval" / row.slug
@@ -91,9 +105,10 @@ def evaluate(args: argparse.Namespace, row: Row) -> dict | None:
         if fresh and results["root"] == str(args.esc):
             print(f"{row.name}: {100 * results['accuracy_mean']:.1f} % (done before)")
             return results
-    options = eval_run.parse_args([*row.eval_args, "--dataset=esc50", f"--root={args.esc}",
-                                   f"--out={folder}", *args.eval_option])  # fmt: skip
-    results = eval_run.evaluate(options)
+    try:
+        results = eval_run.evaluate(eval_options(args, row, folder))
+    except eval_run.USER_ERRORS as err:
+        raise SystemExit(f"reproduce: evaluating {row.name} failed: {err}") from err
     eval_run.write_outputs(folder, results)
     print(f"{row.name}: {100 * results['accuracy_mean']:.1f} % ({results['layer']})")
     return results
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.videos, args.esc = args.videos.resolve(), args.esc.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    check_esc(args)
 
     started = stage("1. videos -> shards")
     make_shards(args)

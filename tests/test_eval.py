@@ -92,6 +92,8 @@ def test_esc10_copy_is_read_with_its_folds_and_flac_files(esc10) -> None:
     assert all(c.path.suffix == ".flac" and c.path.is_file() for c in esc10.clips)
     with pytest.raises(DatasetError, match="fold"):
         esc10.select_folds([6])
+    with pytest.raises(DatasetError, match="at least two folds"):  # nothing to train on
+        esc10.select_folds([1, 1])
 
 
 def test_esc50_layout_any_rate_and_channels_and_generic_csv(esc10, tmp_path: Path) -> None:

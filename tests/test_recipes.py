@@ -84,3 +84,20 @@ def test_reproduce_writes_the_four_row_table_and_a_second_run_redoes_nothing(
     assert "nothing to do" in second.stderr  # the trainer was at its last step
     assert second.stdout.count("(done before)") == 4
     assert (out / "results.md").read_text() == table
+
+
+@pytest.mark.parametrize("problem", ["no ESC folder", "one fold"])
+def test_reproduce_refuses_an_unusable_esc_set_before_any_work(shared_esc10, tmp_path, problem):
+    """Hours of shards and training would end in an evaluation that cannot run: refused first,
+    in one line naming the folder and the problem."""
+    esc, extra = tmp_path / "esc", []
+    if problem == "one fold":  # leave-one-out over one fold has nothing to train on
+        esc, extra = small_esc(shared_esc10, esc), ["--eval-option=--folds=1"]
+    out = tmp_path / "out"
+    done = run_module("recipes.reproduce", f"--videos={tmp_path / 'videos'}", f"--esc={esc}",
+                      f"--out={out}", *extra, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    expected = "metadata file not found" if problem == "no ESC folder" else "at least two folds"
+    assert f"reproduce: --esc: {esc}" in done.stderr and expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (out / "shards").exists()  # nothing was started
