@@ -5,8 +5,9 @@
 FILE is any audio or video file ffmpeg can decode. The audio is cut into segments of the
 network's training crop (20 s: 4 of its output steps), each step standing for the audio the
 trainer paired with it (the model's `step_samples`, 5 s for SoundNet-8 and SoundNet-5: the
-rows of the teacher frames inside it); a last segment shorter than the crop, or a whole clip,
-is tiled to it, never a crash, and its steps that begin past the end are not shown. Other lengths are worse: the last frame before the head is
+rows of the teacher frames inside it). A last segment shorter than the crop, or a whole short
+clip, is tiled to the crop, never a crash, and its steps that begin past the end are not shown;
+fed at another length, or padded, the network does worse: the last frame before the head is
 then computed mostly from padding and swamps a step's scores. The whole-clip distribution is
 the mean of the steps' softmax outputs (of all of a segment's for a clip within one segment).
 """
