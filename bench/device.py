@@ -13,7 +13,11 @@ On a CUDA machine (under 8 minutes, nothing downloaded):
      log window, audio-hours per GPU-hour, GPU utilisation (sampled by nvidia-smi when it is
      there), and the step with the loader over the step alone (1.0: the loader keeps up);
   3. one summary table and last the line `audio-hours per device-hour: ...`.
-Without CUDA the same runs on the CPU, small (6 clips, 4 steps of 4 crops): a smoke run, in
+A GPU machine is lent rarely and briefly, so one failing part does not cost the others: a
+pipeline run that fails with the teachers on the GPU is redone with them on the CPU (and says
+so), a codec whose measures fail is reported with its error and the other still measured, and
+OUT/summary.json is rewritten after each part (a run cut short keeps what it measured). The
+exit status is non-zero when any part failed. Without CUDA the same runs on the CPU, small (6 clips, 4 steps of 4 crops): a smoke run, in
 about 2 minutes on 2 cores. Figures also go to OUT/summary.json.
 """
 
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,8 +118,28 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def failed(what: str, err: BaseException) -> str:
+    """The error, with its traceback on stderr, as the one line the summary keeps."""
+    traceback.print_exception(err)
+    line = f"{type(err).__name__}: {err}".splitlines()[0]
+    print(f"!! {what} failed: {line}", flush=True)
+    return line
+
+
 def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
-    """One pipeline run (teachers on `device`) -> its counts and speed."""
+    """One pipeline run (teachers on `device`, else on the CPU if that run fails) -> its counts
+    and speed."""
+    try:
+        return pipeline_figures(videos, out, codec, device)
+    except (Exception, SystemExit) as err:
+        if device == "cpu":
+            raise
+        error = failed(f"the {codec} pipeline run with --device {device}", err)
+    shutil.rmtree(out, ignore_errors=True)
+    return pipeline_figures(videos, out, codec, "cpu") | {"error": f"{device}: {error}"}
+
+
+def pipeline_figures(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     listing = out.parent / f"videos-{codec}.txt"
     listing.write_text("".join(f"{v}\n" for v in videos))
     began = time.perf_counter()
@@ -127,7 +152,7 @@ def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     index = pq.read_table(out / INDEX_FILE)
     frames = sum(index.column("num_frames").to_pylist())
     shard_bytes = sum(p.stat().st_size for p in (out / SHARDS_DIR).glob("*.tar"))
-    return {"videos": len(videos), "samples": index.num_rows, "frames": frames,
+    return {"videos": len(videos), "samples": index.num_rows, "frames": frames, "device": device,
             "seconds": seconds, "frames_per_s": frames / seconds, "shard_mb": shard_bytes / 1e6}  # fmt: skip
 
 
@@ -180,18 +205,23 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     )
 
 
-def print_table(device: str, pipeline: dict, teacher: float, rows: list[CodecFigures],
-                args: argparse.Namespace) -> None:  # fmt: skip
+def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[CodecFigures],
+                errors: dict[str, str], args: argparse.Namespace) -> None:  # fmt: skip
     kind = "GPU" if device == "cuda" else "CPU"
-    first = pipeline[rows[0].codec]
+    first = next(iter(pipeline.values()))
     print(f"\n== bench-device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
           f"{os.cpu_count()} cores, {args.workers} loader workers, batch {args.batch_size}, "
           f"{args.steps} steps ==")  # fmt: skip
-    print(f"pipeline (teachers on {device}): {first['videos']} videos, {first['samples']} samples, "
+    alone = f"{teacher:.0f} frames/s" if teacher is not None else "failed"
+    print(f"pipeline: {first['videos']} videos, {first['samples']} samples, "
           f"{first['frames']} teacher frames: "
-          + ", ".join(f"{c} {p['frames_per_s']:.1f} frames/s end to end ({p['seconds']:.1f} s)"
-                      for c, p in pipeline.items())
-          + f"; teacher alone {teacher:.0f} frames/s (efficientnet_lite0, batch 32)")  # fmt: skip
+          + ", ".join(f"{c} {p['frames_per_s']:.1f} frames/s end to end ({p['seconds']:.1f} s, "
+                      f"teachers on {p['device']})" for c, p in pipeline.items())
+          + f"; teacher alone on {device} {alone} (efficientnet_lite0, batch 32)")  # fmt: skip
+    for what, error in errors.items():
+        print(f"failed: {what}: {error}")
+    if not rows:
+        return
     header = ["shards", "MB", "loader/core", "decode/core", "loader/decode", "step alone/s",
               "with loader/s", "with/alone", f"audio-h per {kind}-h", "GPU util"]  # fmt: skip
     table = [header]
@@ -210,9 +240,9 @@ def print_table(device: str, pipeline: dict, teacher: float, rows: list[CodecFig
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     best = max(rows, key=lambda r: r.audio_hours)
-    others = ", ".join(f"{r.codec} {r.audio_hours:.0f}" for r in rows if r is not best)
+    others = "".join(f"; {r.codec} {r.audio_hours:.0f}" for r in rows if r is not best)
     print(f"audio-hours per device-hour: {best.audio_hours:.0f} ({best.codec} shards, "
-          f"SoundNet-8 {'bf16' if device == 'cuda' else 'fp32'} with the real loader on {kind}; "
+          f"SoundNet-8 {'bf16' if device == 'cuda' else 'fp32'} with the real loader on {kind}"
           f"{others})")  # fmt: skip
 
 
@@ -241,17 +271,47 @@ def main() -> None:
         shutil.rmtree(args.out / name, ignore_errors=True)  # ours, from an earlier run
     args.out.mkdir(parents=True, exist_ok=True)
 
-    pipeline = {c: make_shards(videos, args.out / c, c, device) for c in AUDIO_CODECS}
-    teacher = teacher_alone(device, batches=20 if cuda else 2)
-    rows = [codec_figures(c, args.out / c, pipeline[c]["shard_mb"], args, torch.device(device))
-            for c in AUDIO_CODECS]  # fmt: skip
-    summary = {"device": device, "cores": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},
-               "pipeline": pipeline, "teacher_frames_per_s": teacher,
-               "codecs": [asdict(r) | {"audio_hours_per_device_hour": r.audio_hours} for r in rows],
-               "seconds": time.perf_counter() - began}  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print_table(device, pipeline, teacher, rows, args)
+    pipeline: dict[str, dict] = {}
+    teacher: float | None = None
+    rows: list[CodecFigures] = []
+    errors: dict[str, str] = {}
+
+    def save() -> None:  # after each part: a run cut short keeps what it measured
+        summary = {"device": device, "cores": os.cpu_count(),
+                   "args": {k: str(v) for k, v in vars(args).items()},
+                   "pipeline": pipeline, "teacher_frames_per_s": teacher,
+                   "codecs": [asdict(r) | {"audio_hours_per_device_hour": r.audio_hours}
+                              for r in rows],
+                   "errors": errors, "seconds": time.perf_counter() - began}  # fmt: skip
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    for codec in AUDIO_CODECS:
+        pipeline[codec] = make_shards(videos, args.out / codec, codec, device)
+        if "error" in pipeline[codec]:
+            errors[f"{codec} pipeline"] = pipeline[codec]["error"]
+        save()
+    try:
+        teacher = teacher_alone(device, batches=20 if cuda else 2)
+    except Exception as err:
+        errors["teacher alone"] = failed("the teacher alone", err)
+    save()
+    for codec in AUDIO_CODECS:
+        try:
+            shard_mb = pipeline[codec]["shard_mb"]
+            rows.append(
+                codec_figures(codec, args.out / codec, shard_mb, args, torch.device(device))
+            )
+            r = rows[-1]
+            print(f"-- {codec}: loader {r.loader_per_core:.0f}/core, step alone "
+                  f"{r.step_alone:.1f}/s, with the loader {r.with_loader:.1f}/s "
+                  f"({time.perf_counter() - began:.0f} s so far)", flush=True)  # fmt: skip
+        except (Exception, SystemExit) as err:
+            errors[f"{codec} loader and training"] = failed(f"measuring {codec} shards", err)
+        save()
+    print_table(device, pipeline, teacher, rows, errors, args)
     print(f"({time.perf_counter() - began:.0f} s in all; figures in {args.out / 'summary.json'})")
+    if errors:
+        raise SystemExit(f"bench-device: {len(errors)} part(s) failed: {', '.join(errors)}")
 
 
 if __name__ == "__main__":
