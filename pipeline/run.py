@@ -21,6 +21,10 @@ import time
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
+from apache_beam.runners.runner import PipelineRunner
 
 from pipeline import decode, files, progress
 from pipeline.inputs import InputListError, read_input_entries
@@ -155,21 +159,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def runner_for(options: PipelineOptions):
+DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+
+
+def runner_for(options: PipelineOptions) -> PipelineRunner | None:
     """None (Beam makes the runner --runner names), but for Beam's DaskRunner our subclass of
-    it, which fixes its translation of this pipeline (pipeline/dask_runner.py)."""
-    if options.view_as(StandardOptions).runner != DASK_RUNNER:
+    it, which fixes its translation of this pipeline (pipeline/dask_runner.py), and for the
+    DirectRunner the engine it runs this batch pipeline on, without its detour (local_runner)."""
+    runner = options.view_as(StandardOptions).runner
+    if runner in DIRECT_RUNNERS:
+        return local_runner(options)
+    if runner != DASK_RUNNER:
         return None
     from pipeline.dask_runner import DaskRunner  # imports dask only when it is used
 
     return DaskRunner()
 
 
+def local_runner(options: PipelineOptions) -> PipelineRunner:
+    """The FnApiRunner, given the options as Beam's DirectRunner gives them (its workers read
+    them). Beam 2.77's DirectRunner first tries its Prism runner, a Go binary it downloads from
+    GitHub on every run: nothing may be downloaded at run time, offline the attempt fails and
+    leaves an empty /tmp/beam-temp* folder, and online the pipeline would run on an engine it
+    was never tested or measured on."""
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return fn_runner.FnApiRunner(provision_info=info)
+
+
 def use_all_cores(options: PipelineOptions, argv: list[str]) -> None:
     """The DirectRunner runs one bundle at a time unless told otherwise; videos spend most of
     their time in PyAV/ffmpeg and torch, which release the GIL, so threads overlap them."""
-    runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct"):
+    if options.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
         return
     if any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in argv):
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -149,8 +150,14 @@ def test_rerunning_a_finished_output_changes_nothing(pipeline_output, tmp_path):
 
 
 def test_multi_processing_mode_writes_the_same_samples(
-    pipeline_output, samples, shared_videos, tmp_path
+    pipeline_output, samples, shared_videos, tmp_path, monkeypatch
 ):
+    """...and the run leaves no temporary folder behind: Beam's DirectRunner first tried to
+    download its Prism runner from GitHub, leaving an empty beam-temp* folder each run."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("TMPDIR", str(temp))
     names = [
         "mdn-ie_friday.mp4",
         "grid_lipnet-bbaf2n.mpg",
@@ -180,6 +187,7 @@ def test_multi_processing_mode_writes_the_same_samples(
     assert [Path(s).name for s in failures.column("source").to_pylist()] == [
         "pymediainfo_sample.mp4"
     ]
+    assert list(temp.iterdir()) == []
 
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):

@@ -16,10 +16,12 @@ import pytest
 import torch
 import torchvision
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import BeamAssertException, assert_that
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from pipeline.run import local_runner
 from pipeline.teachers import (
     TEACHERS,
     TeacherError,
@@ -340,7 +342,8 @@ def test_handler_in_a_direct_runner_pipeline(lite0, photos):
                 raise BeamAssertException(f"frame {key}: not a distribution")
             np.testing.assert_allclose(probs, expected[key], rtol=0, atol=1e-4)
 
-    with beam.Pipeline(runner="DirectRunner") as p:
+    options = PipelineOptions()  # the DirectRunner's engine, as pipeline.run runs it
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
         outputs = (
             p | beam.Create(list(enumerate(frames))) | RunInference(KeyedModelHandler(handler))
         )
