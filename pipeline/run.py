@@ -38,7 +38,13 @@ from pipeline.options import (
 from pipeline.plan import Plan, make_plan, remove_pending, write_pending
 from pipeline.segments import SegmentPlan
 from pipeline.task import RunSettings
-from pipeline.teachers import TeacherError, TeacherInfo, resolve_teacher
+from pipeline.teachers import (
+    TeacherError,
+    TeacherInfo,
+    resolve_teacher,
+    torch_device,
+    usable_device,
+)
 from pipeline.transforms import WriteShardTasks
 from schemas import FAILURES_FILE, RUN_FILE, SCHEMA_VERSION, format_labels, labels_path
 
@@ -100,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         segments = SegmentPlan(opts.segment_seconds, opts.frame_interval, opts.min_segment_seconds)
         if opts.shard_audio_minutes <= 0:
             raise ValueError("--shard-audio-minutes must be positive")
+        if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:  # the GPUs are here
+            usable_device(opts.device)  # else found out by the first worker, after the plan
+        else:  # a cluster's workers have the GPUs, not necessarily this driver
+            torch_device(opts.device)
         teachers = resolve_teachers(opts)
         entries = read_input_entries(opts.input)
         plan = make_plan(

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.options import SoundNetOptions, _project_parser
 from tests.conftest import REPO, run_module
@@ -87,6 +88,21 @@ def test_wrong_paths_are_one_line_errors(tmp_path):
     proc = pipeline_run(f"--input={listing}", f"--output={tmp_path / 'out'}")
     assert proc.returncode == 2 and "no media in it" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_missing_cuda_device_stops_a_local_run_before_any_work(tmp_path):
+    """Not found out by the first worker after the plan is written, in a page of tracebacks; a
+    cluster's driver need not have its workers' GPUs, so there it is left to them."""
+    out = tmp_path / "out"
+    proc = pipeline_run(f"--input={REPO / 'samples' / 'videos'}", f"--output={out}",
+                        "--device=cuda")  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m pipeline.run: error: device cuda was asked for, but no CUDA device is usable "
+        "here"
+    ]
+    assert not out.exists()
 
 
 def test_the_project_is_installed_and_imports_from_any_folder(tmp_path):

@@ -25,6 +25,7 @@ from pipeline.teachers.resolve import (
     TeacherInfo,
     build_teacher,
     resolve_teacher,
+    usable_device,
 )
 from pipeline.teachers.weights import clean_state_dict
 
@@ -42,4 +43,5 @@ __all__ = [
     "resolve_teacher",
     "teacher_probabilities",
     "torch_device",
+    "usable_device",
 ]

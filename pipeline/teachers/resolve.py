@@ -63,13 +63,24 @@ def resolve_teacher(
     return TeacherInfo(head, name, arch.label_set, names, file_sha256(path), path)
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, if this machine has it (checked by the driver before
+    any work, and again where a teacher is built: a worker may be another machine)."""
+    device = torch_device(device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TeacherError(f"device {device} was asked for, but no CUDA device is usable here")
+        if device.index is not None and device.index >= count:
+            raise TeacherError(f"device {device} was asked for, but this machine has {count}")
+    return device
+
+
 def build_teacher(info: TeacherInfo, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The resolved teacher's network with its weights, in eval mode, on `device`:
     normalised float [N,3,224,224] -> logits [N,C]."""
     arch = get_arch(info.name)
-    device = torch_device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TeacherError(f"device {device} was asked for, but no CUDA device is usable here")
+    device = usable_device(device)
     state_dict = clean_state_dict(load_state_dict(info.weights_path, arch, info.head))
     model = arch.build()
     try:
