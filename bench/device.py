@@ -286,16 +286,21 @@ def main() -> None:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     for codec in AUDIO_CODECS:
-        pipeline[codec] = make_shards(videos, args.out / codec, codec, device)
-        if "error" in pipeline[codec]:
-            errors[f"{codec} pipeline"] = pipeline[codec]["error"]
+        try:
+            pipeline[codec] = make_shards(videos, args.out / codec, codec, device)
+            if "error" in pipeline[codec]:
+                errors[f"{codec} pipeline"] = pipeline[codec]["error"]
+        except (Exception, SystemExit) as err:  # on the CPU too: no shards of this codec
+            errors[f"{codec} pipeline"] = failed(f"the {codec} pipeline run", err)
         save()
+    if not pipeline:
+        raise SystemExit(f"bench-device: no shards made: {errors}")
     try:
         teacher = teacher_alone(device, batches=20 if cuda else 2)
     except Exception as err:
         errors["teacher alone"] = failed("the teacher alone", err)
     save()
-    for codec in AUDIO_CODECS:
+    for codec in pipeline:
         try:
             shard_mb = pipeline[codec]["shard_mb"]
             rows.append(
