@@ -1,15 +1,16 @@
 """The trainer's data loader against its train step and against its decoding floor, in one run.
 
-    .venv/bin/python bench/trainer.py --shards OUT [--batch-size 16] [--workers 2]
+    .venv/bin/python bench/trainer.py --shards OUT [--batch-size 64] [--workers 2]
 
 Loader: the real training loader (shards read, audio decoded, aligned 20 s crops, batches handed
-from its worker processes to this one), timed after a warm-up that fills every worker's shuffle
-buffer and makes all its reused batch blocks. Its cost per core is the CPU time its workers and this process spend per sample
-delivered (each batch carries its worker's CPU clock): a rate per core, not the wall clock, is
-what compares between a small shared machine and a GPU node's many cores. Decode: the audio
-members of the same samples (the keys the loader delivered, as often as it did) decoded alone
-on one core, with the loader's decoder (pcm16: a view; FLAC: dr_flac), while the loader's
-workers wait with their prefetch full: the floor of any loader of these shards. The two
+from its worker processes to this one) at trainer.main's batch size, timed after a warm-up that
+fills every worker's shuffle buffer and makes all its reused batch blocks. Its cost per core is
+the CPU time its workers and this process spend per sample delivered (each batch carries its
+worker's CPU clock): a rate per core, not the wall clock, is what compares between a small
+shared machine and a GPU node's many cores. Decode: the audio members of the same samples (the
+keys the loader delivered, as often as it did) decoded alone on one core, with the loader's
+decoder (pcm16: a view; FLAC: dr_flac), while the loader's workers wait with their prefetch
+full: the floor of any loader of these shards. The two
 alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
 same machine; FLAC is also decoded by libsndfile, for reference. Step: forward, KL loss,
 backward and Adam step of the model on one batch of the same data, already on the device.
@@ -206,14 +207,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="as trainer.main's --shards")
     p.add_argument("--arch", default="soundnet8", choices=("soundnet8", "soundnet5"))
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64, help="trainer.main's default")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--crop-seconds", type=float, default=20.0)
-    p.add_argument("--loader-batches", type=int, default=20, help="timed, per round")
+    p.add_argument("--loader-batches", type=int, help="timed, per round (default: 320 samples)")
     p.add_argument("--rounds", type=int, default=3, help="of loader batches, then decoding")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
+    args.loader_batches = args.loader_batches or max(1, 320 // args.batch_size)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
