@@ -50,12 +50,15 @@ def run_to_end(listing: Path, out: Path) -> None:
 def kill_when(listing: Path, out: Path, ready) -> bool:
     """Start a run and SIGKILL its whole process group once `ready(out)` holds.
     Returns False when the run finished before the moment came."""
+    temp = out.parent / "temp"  # what a killed run cannot clean up stays with the test
+    temp.mkdir(exist_ok=True)
     proc = subprocess.Popen(
         command(listing, out),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     try:
         while proc.poll() is None:
