@@ -17,8 +17,8 @@ A GPU machine is lent rarely and briefly, so one failing part does not cost the 
 pipeline run that fails with the teachers on the GPU is redone with them on the CPU (and says
 so), a codec whose measures fail is reported with its error and the other still measured, and
 OUT/summary.json is rewritten after each part (a run cut short keeps what it measured). The
-exit status is non-zero when any part failed. Without CUDA the same runs on the CPU, small (6 clips, 4 steps of 4 crops): a smoke run, in
-about 2 minutes on 2 cores. Figures also go to OUT/summary.json.
+exit status is non-zero when any part failed. Without CUDA the same runs on the CPU, small (6
+clips, 4 steps of 4 crops): a smoke run, in about 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -127,19 +127,7 @@ def failed(what: str, err: BaseException) -> str:
 
 
 def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
-    """One pipeline run (teachers on `device`, else on the CPU if that run fails) -> its counts
-    and speed."""
-    try:
-        return pipeline_figures(videos, out, codec, device)
-    except (Exception, SystemExit) as err:
-        if device == "cpu":
-            raise
-        error = failed(f"the {codec} pipeline run with --device {device}", err)
-    shutil.rmtree(out, ignore_errors=True)
-    return pipeline_figures(videos, out, codec, "cpu") | {"error": f"{device}: {error}"}
-
-
-def pipeline_figures(videos: list[Path], out: Path, codec: str, device: str) -> dict:
+    """One pipeline run (teachers on `device`) -> its counts and speed."""
     listing = out.parent / f"videos-{codec}.txt"
     listing.write_text("".join(f"{v}\n" for v in videos))
     began = time.perf_counter()
@@ -286,12 +274,14 @@ def main() -> None:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     for codec in AUDIO_CODECS:
-        try:
-            pipeline[codec] = make_shards(videos, args.out / codec, codec, device)
-            if "error" in pipeline[codec]:
-                errors[f"{codec} pipeline"] = pipeline[codec]["error"]
-        except (Exception, SystemExit) as err:  # on the CPU too: no shards of this codec
-            errors[f"{codec} pipeline"] = failed(f"the {codec} pipeline run", err)
+        for teachers_on in dict.fromkeys((device, "cpu")):  # the GPU's run failed: the CPU's
+            try:
+                pipeline[codec] = make_shards(videos, args.out / codec, codec, teachers_on)
+                break
+            except (Exception, SystemExit) as err:
+                what = f"{codec} pipeline, teachers on {teachers_on}"
+                errors[what] = failed(what, err)
+                shutil.rmtree(args.out / codec, ignore_errors=True)
         save()
     if not pipeline:
         raise SystemExit(f"bench-device: no shards made: {errors}")

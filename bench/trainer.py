@@ -10,9 +10,9 @@ worker's CPU clock): a rate per core, not the wall clock, is what compares betwe
 shared machine and a GPU node's many cores. Decode: the audio members of the same samples (the
 keys the loader delivered, as often as it did) decoded alone on one core, with the loader's
 decoder (pcm16: a view; FLAC: dr_flac), while the loader's workers wait with their prefetch
-full: the floor of any loader of these shards. The two
-alternate, --rounds times (--loader-batches batches, then their decoding), so that both see the
-same machine; FLAC is also decoded by libsndfile, for reference. Step: forward, KL loss,
+full: the floor of any loader of these shards. The two alternate, --rounds times
+(--loader-batches batches, then their decoding), so that both see the same machine; FLAC is
+also decoded by libsndfile, for reference. Step: forward, KL loss,
 backward and Adam step of the model on one batch of the same data, already on the device.
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,

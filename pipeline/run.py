@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         segments = SegmentPlan(opts.segment_seconds, opts.frame_interval, opts.min_segment_seconds)
         if opts.shard_audio_minutes <= 0:
             raise ValueError("--shard-audio-minutes must be positive")
-        if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:  # the GPUs are here
-            usable_device(opts.device)  # else found out by the first worker, after the plan
+        if runs_here(options):  # its GPUs are this machine's: not found out after the plan
+            usable_device(opts.device)
         else:  # a cluster's workers have the GPUs, not necessarily this driver
             torch_device(opts.device)
         teachers = resolve_teachers(opts)
@@ -169,17 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+def runs_here(options: PipelineOptions) -> bool:
+    """The job runs in this process's machine: Beam's DirectRunner (--runner's default)."""
+    return options.view_as(StandardOptions).runner in (None, "DirectRunner", "direct")
 
 
 def runner_for(options: PipelineOptions) -> PipelineRunner | None:
     """None (Beam makes the runner --runner names), but for Beam's DaskRunner our subclass of
     it, which fixes its translation of this pipeline (pipeline/dask_runner.py), and for the
     DirectRunner the engine it runs this batch pipeline on, without its detour (local_runner)."""
-    runner = options.view_as(StandardOptions).runner
-    if runner in DIRECT_RUNNERS:
+    if runs_here(options):
         return local_runner(options)
-    if runner != DASK_RUNNER:
+    if options.view_as(StandardOptions).runner != DASK_RUNNER:
         return None
     from pipeline.dask_runner import DaskRunner  # imports dask only when it is used
 
@@ -202,7 +203,7 @@ def local_runner(options: PipelineOptions) -> PipelineRunner:
 def use_all_cores(options: PipelineOptions, argv: list[str]) -> None:
     """The DirectRunner runs one bundle at a time unless told otherwise; videos spend most of
     their time in PyAV/ffmpeg and torch, which release the GIL, so threads overlap them."""
-    if options.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
+    if not runs_here(options):
         return
     if any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in argv):
         return
