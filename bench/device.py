@@ -74,6 +74,7 @@ class CodecFigures:
     shard_mb: float
     loader_per_core: float
     decode_per_core: float
+    loader_over_decode: float  # the median round's (bench/trainer.py)
     step_alone: float  # samples/s, the batch already on the device
     with_loader: float  # samples/s of trainer.main after its first log window
     gpu_util: float | None  # mean %, while trainer.main ran
@@ -189,8 +190,9 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     with GpuSampler() as gpu:
         with_loader = train_rate(out, out.parent / f"run-{codec}", args, device.type)
     return CodecFigures(
-        codec, shard_mb, loader.per_core, loader.decode_per_core, alone, with_loader, gpu.mean
-    )
+        codec, shard_mb, loader.per_core, loader.decode_per_core, loader.over_decode, alone,
+        with_loader, gpu.mean,
+    )  # fmt: skip
 
 
 def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[CodecFigures],
@@ -217,7 +219,7 @@ def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[C
         decodes = r.decode_per_core < 1e5  # pcm16's "decoding" is a view: no floor to compare
         table.append([r.codec, f"{r.shard_mb:.1f}", f"{r.loader_per_core:.0f}",
                       f"{r.decode_per_core:.0f}" if decodes else "(no decoding)",
-                      f"{r.loader_per_core / r.decode_per_core:.2f}" if decodes else "n/a",
+                      f"{r.loader_over_decode:.2f}" if decodes else "n/a",
                       f"{r.step_alone:.1f}",
                       f"{r.with_loader:.1f}", f"{r.with_loader / r.step_alone:.2f}",
                       f"{r.audio_hours:.0f}",

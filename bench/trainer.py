@@ -11,13 +11,14 @@ shared machine and a GPU node's many cores. Decode: the audio members of the sam
 keys the loader delivered, as often as it did) decoded alone on one core, with the loader's
 decoder (pcm16: a view; FLAC: dr_flac), while the loader's workers wait with their prefetch
 full: the floor of any loader of these shards. The two alternate, --rounds times
-(--loader-batches batches, then their decoding), so that both see the same machine; FLAC is
-also decoded by libsndfile, for reference. Step: forward, KL loss,
-backward and Adam step of the model on one batch of the same data, already on the device.
+(--loader-batches batches, then their decoding), so that both see the same machine, and the
+loader's share of its floor is the median of the rounds' (a slow spell of the machine moves one
+round, not the result); FLAC is also decoded by libsndfile, for reference. Step: forward, KL
+loss, backward and Adam step of the model on one batch of the same data, already on the device.
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
-`decode_per_core=`, for FLAC `libsndfile_per_core=` and, last, `loader_over_decode=` (the
-loader's share of its floor).
+`decode_per_core=` (both over all rounds), for FLAC `libsndfile_per_core=` and, last,
+`loader_over_decode=` (the median round's loader per core over its decoding per core).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import statistics
 import sys
 import time
 from collections import Counter
@@ -58,6 +60,8 @@ class LoaderRun:
     codecs: str
     first: dict  # a batch, for the step
     libsndfile_per_core: float | None  # FLAC: the same samples decoded by libsndfile instead
+    # each round's loader per core over its decoding per core: the two measured seconds apart
+    round_ratios: list[float]
 
     @property
     def per_core(self) -> float:
@@ -66,6 +70,13 @@ class LoaderRun:
     @property
     def decode_per_core(self) -> float:
         return self.decoded / self.decode_cpu_s
+
+    @property
+    def over_decode(self) -> float:
+        """The loader's share of its floor: the median round's. The machine's speed drifts by
+        ±10 % over seconds (on the 2-core development machine), so a slow spell that falls on
+        one side of a pairing moves a ratio of totals; it moves only its own round's ratio."""
+        return statistics.median(self.round_ratios)
 
 
 class AudioMembers:
@@ -84,7 +95,7 @@ class AudioMembers:
 
 
 def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int, batches: int, *,
-               steps: int, step_samples: int, pin_memory: bool = False, rounds: int = 3,
+               steps: int, step_samples: int, pin_memory: bool = False, rounds: int = 7,
                min_decode_s: float = 0.5) -> LoaderRun:  # fmt: skip
     """The real training loader and its floor, in `rounds` rounds of `batches` batches each
     followed by the decoding alone of those batches' samples (interleaved, so that both see the
@@ -111,8 +122,9 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
     samples, worker_cpu, wall = 0, 0.0, 0.0
     decoded, decode_cpu, bookkeeping, codecs = 0, 0.0, 0.0, Counter()
     libsndfile_decoded, libsndfile_cpu = 0, 0.0
-    process_began = time.process_time()
+    main_cpu, round_ratios = 0.0, []
     for _ in range(rounds):
+        round_worker_cpu, round_began = worker_cpu, time.process_time()
         keys, began = [], time.perf_counter()
         for _ in range(batches):
             batch = next(stream)
@@ -125,31 +137,36 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
         began = time.thread_time()  # the bench's own bookkeeping: not the loader's
         todo = members.get(keys)
         workers_idle()  # their prefetch full: the decoding alone does not share the cores
-        bookkeeping += time.thread_time() - began
+        bookkeeping = time.thread_time() - began
         codecs.update(codec for codec, _ in todo)
-        began = time.thread_time()  # this thread's alone: not a pin-memory thread's
+        began, repeats = time.thread_time(), 0  # this thread's alone: not a pin-memory thread's
         while True:
             for codec, payload in todo:
                 decode_audio(payload, codec)
-            decoded += len(todo)
+            repeats += 1
             if time.thread_time() - began >= min_decode_s / rounds:
                 break
-        decode_cpu += time.thread_time() - began
+        decode_s = time.thread_time() - began
+        decoded, decode_cpu = decoded + repeats * len(todo), decode_cpu + decode_s
+        # this process's CPU for the loader: all of it in the round, less the decoding alone
+        # and the bench's reading of the audio members
+        round_main_cpu = time.process_time() - round_began - decode_s - bookkeeping
+        main_cpu += round_main_cpu
+        round_cpu = worker_cpu - round_worker_cpu + round_main_cpu
+        round_ratios.append(len(keys) / round_cpu / (repeats * len(todo) / decode_s))
         flac = [payload for codec, payload in todo if codec == "flac"]
         began = time.thread_time()  # the reference: libsndfile, the decoder the loader left
         for payload in flac:
             sf.read(io.BytesIO(payload), dtype="int16")
         libsndfile_decoded += len(flac)
         libsndfile_cpu += time.thread_time() - began
-    # this process's CPU for the loader: all of it in the rounds, less the decoding alone and
-    # the bench's reading of the audio members
-    main_cpu = time.process_time() - process_began - decode_cpu - bookkeeping - libsndfile_cpu
     del stream, loader  # stop the workers before timing anything else
     if not workers:  # one process: its clock is the loader's
         worker_cpu = 0.0
     return LoaderRun(samples / wall, samples, worker_cpu, main_cpu, decoded, decode_cpu,
                      ", ".join(sorted(codecs)), first,
-                     libsndfile_decoded / libsndfile_cpu if libsndfile_cpu else None)  # fmt: skip
+                     libsndfile_decoded / libsndfile_cpu if libsndfile_cpu else None,
+                     round_ratios)  # fmt: skip
 
 
 def workers_idle(timeout_s: float = 10.0, still_s: float = 0.05) -> None:
@@ -211,7 +228,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--crop-seconds", type=float, default=20.0)
     p.add_argument("--loader-batches", type=int, help="timed, per round (default: 320 samples)")
-    p.add_argument("--rounds", type=int, default=3, help="of loader batches, then decoding")
+    p.add_argument("--rounds", type=int, default=7, help="of loader batches, then decoding")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -250,7 +267,10 @@ def main() -> None:
     if run.libsndfile_per_core:  # FLAC: against the decoder the loader used before dr_flac
         print(f"libsndfile_per_core={run.libsndfile_per_core:.1f}  (the same FLAC, one core: "
               f"the loader is {run.per_core / run.libsndfile_per_core:.2f} of it)")  # fmt: skip
-    print(f"loader_over_decode={run.per_core / run.decode_per_core:.3f}")
+    spread = f"{min(run.round_ratios):.3f}-{max(run.round_ratios):.3f}"
+    print(f"loader over decode: {run.per_core / run.decode_per_core:.3f} of the totals; rounds "
+          f"{spread}, median:")  # fmt: skip
+    print(f"loader_over_decode={run.over_decode:.3f}")
 
 
 if __name__ == "__main__":
