@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,11 @@ def measure(rows: int, folder: Path) -> dict:
         f.write("uri\n")
         f.writelines(f"/corpus/{i // 1000:04d}/video{i:07d}.mp4\n" for i in range(rows))
     code = CHILD.format(repo=str(REPO), manifest=str(manifest), output=str(folder / f"out-{rows}"))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Beam's Pipeline() makes a temporary folder that only run() removes: keep it in ours
+    env = {**os.environ, "TMPDIR": str(folder)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
