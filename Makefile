@@ -102,5 +102,27 @@ hear-eval-kit: $(HEAR_STAMP) weights
 bench-device: | $(STAMP)
 	$(PY) bench/device.py
 
+# What bench-device needs on a lent GPU machine, which reaches no package registry and takes
+# 64 MiB a call (too little for Beam, PyAV, the teacher's weights and the clips): FLAC and pcm16
+# shards of the shared clips made here, and wheels for the machine's Python 3.12 (its own torch
+# beside them) of the few packages it lacks, at the versions .venv has; into .device/ (ignored).
+# README "make bench-device" gives the command to run there.
+DEVICE_VIDEOS ?= ../shared/data/videos
+DEVICE_PACKAGES := webdataset|braceexpand|soundfile|miniaudio|cffi|pycparser
+DEVICE_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any
+.PHONY: device-bundle
+device-bundle: | $(STAMP)
+	rm -rf .device && mkdir -p .device/wheels
+	ls -d $(abspath $(DEVICE_VIDEOS))/* | grep -viE '\.(csv|md|txt)$$' > .device/videos.txt
+	for codec in flac pcm16; do \
+	  $(PY) -m pipeline.run --runner=DirectRunner --input=.device/videos.txt \
+	    --output=.device/shards/$$codec --audio-codec=$$codec --videos-per-shard=8 || exit 1; \
+	done
+	$(PY) -m pip freeze | grep -iE '^($(DEVICE_PACKAGES))==' > .device/wheels.txt
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp $(addprefix --platform ,$(DEVICE_PLATFORMS)) -d .device/wheels \
+	  -r .device/wheels.txt
+	du -sh .device
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -19,6 +19,11 @@ so), a codec whose measures fail is reported with its error and the other still 
 OUT/summary.json is rewritten after each part (a run cut short keeps what it measured). The
 exit status is non-zero when any part failed. Without CUDA the same runs on the CPU, small (6
 clips, 4 steps of 4 crops): a smoke run, in about 2 minutes on 2 cores.
+
+`--shards DIR` takes FLAC and pcm16 shards made elsewhere (DIR/flac, DIR/pcm16) instead of
+running the pipeline: a lent GPU machine reaches no package registry and a call to it carries
+64 MiB, too little for Beam, PyAV, the teacher's weights and the clips (`make device-bundle`
+makes DIR and the few wheels the loader and trainer need; the README says how to run it there).
 """
 
 from __future__ import annotations
@@ -44,8 +49,6 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
-from pipeline import run as pipeline_run  # noqa: E402
-from pipeline.teachers import build_teacher, resolve_teacher, teacher_probabilities  # noqa: E402
 from schemas import AUDIO_CODECS, INDEX_FILE, SAMPLE_RATE, SHARDS_DIR  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer import main as trainer_main  # noqa: E402
@@ -129,6 +132,8 @@ def failed(what: str, err: BaseException) -> str:
 
 def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     """One pipeline run (teachers on `device`) -> its counts and speed."""
+    from pipeline import run as pipeline_run  # Beam and PyAV: not needed with --shards
+
     listing = out.parent / f"videos-{codec}.txt"
     listing.write_text("".join(f"{v}\n" for v in videos))
     began = time.perf_counter()
@@ -138,15 +143,30 @@ def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     seconds = time.perf_counter() - began
     if code:
         raise SystemExit(f"the pipeline run for {codec} shards failed (exit {code})")
+    made = shard_counts(out)
+    return made | {"videos": len(videos), "device": device, "seconds": seconds,
+                   "frames_per_s": made["frames"] / seconds}  # fmt: skip
+
+
+def shard_counts(out: Path) -> dict:
+    """A pipeline output's samples, teacher frames and shard megabytes."""
     index = pq.read_table(out / INDEX_FILE)
     frames = sum(index.column("num_frames").to_pylist())
     shard_bytes = sum(p.stat().st_size for p in (out / SHARDS_DIR).glob("*.tar"))
-    return {"videos": len(videos), "samples": index.num_rows, "frames": frames, "device": device,
-            "seconds": seconds, "frames_per_s": frames / seconds, "shard_mb": shard_bytes / 1e6}  # fmt: skip
+    return {"samples": index.num_rows, "frames": frames, "shard_mb": shard_bytes / 1e6}
+
+
+def premade_shards(out: Path) -> dict:
+    """--shards: a pipeline output made elsewhere (`make device-bundle`): its counts, no speed."""
+    if not (out / INDEX_FILE).is_file():
+        raise SystemExit(f"{out}: not a pipeline output (no {INDEX_FILE})")
+    return shard_counts(out) | {"device": "made elsewhere"}
 
 
 def teacher_alone(device: str, batches: int, batch_size: int = 32) -> float:
     """Frames/s of the default teacher on batches of frames (preprocessing and softmax in)."""
+    from pipeline.teachers import build_teacher, resolve_teacher, teacher_probabilities
+
     model = build_teacher(resolve_teacher("objects", "efficientnet_lite0"), device)
     frames = list(np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), np.uint8))
     teacher_probabilities(frames, model, device)  # warm-up
@@ -188,7 +208,7 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     alone = bench_trainer.train_step_rate(model, loader.first, device, args.step_repeats)
     del model
     with GpuSampler() as gpu:
-        with_loader = train_rate(out, out.parent / f"run-{codec}", args, device.type)
+        with_loader = train_rate(out, args.out / f"run-{codec}", args, device.type)
     return CodecFigures(
         codec, shard_mb, loader.per_core, loader.decode_per_core, loader.over_decode, alone,
         with_loader, gpu.mean,
@@ -203,10 +223,10 @@ def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[C
           f"{os.cpu_count()} cores, {args.workers} loader workers, batch {args.batch_size}, "
           f"{args.steps} steps ==")  # fmt: skip
     alone = f"{teacher:.0f} frames/s" if teacher is not None else "failed"
-    print(f"pipeline: {first['videos']} videos, {first['samples']} samples, "
-          f"{first['frames']} teacher frames: "
-          + ", ".join(f"{c} {p['frames_per_s']:.1f} frames/s end to end ({p['seconds']:.1f} s, "
-                      f"teachers on {p['device']})" for c, p in pipeline.items())
+    runs = [f"{c} {p['frames_per_s']:.1f} frames/s end to end ({p['seconds']:.1f} s, teachers "
+            f"on {p['device']})" for c, p in pipeline.items() if "seconds" in p]  # fmt: skip
+    print(f"pipeline: {first['samples']} samples, {first['frames']} teacher frames: "
+          + (", ".join(runs) or f"shards made elsewhere ({args.shards})")
           + f"; teacher alone on {device} {alone} (efficientnet_lite0, batch 32)")  # fmt: skip
     for what, error in errors.items():
         print(f"failed: {what}: {error}")
@@ -240,24 +260,27 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=Path, default=SHARED_VIDEOS)
+    p.add_argument("--shards", type=Path, help="flac/ and pcm16/ pipeline outputs made "
+                   "elsewhere (make device-bundle): no pipeline run, so no Beam or PyAV needed")  # fmt: skip
     p.add_argument("--max-videos", type=int, default=0 if cuda else 6, help="0: all")
     p.add_argument("--out", type=Path, default=REPO / "build" / "bench-device")
     p.add_argument("--steps", type=int, default=300 if cuda else 4, help="trainer.main steps")
     p.add_argument("--batch-size", type=int, default=64 if cuda else 4)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--loader-batches", type=int, default=15 if cuda else 5, help="per round, x3")
+    p.add_argument("--loader-batches", type=int, default=15 if cuda else 5, help="per round, 7 rounds")
     p.add_argument("--step-repeats", type=int, default=30 if cuda else 2)
     args = p.parse_args()
     args.log_every = max(1, args.steps // 10)
     device = "cuda" if cuda else "cpu"
     began = time.perf_counter()
-    videos = sorted(
+    videos = [] if args.shards else sorted(
         v for v in args.videos.iterdir() if v.suffix.lower() not in {".csv", ".md", ".txt"}
-    )
+    )  # fmt: skip
     videos = videos[: args.max_videos] if args.max_videos else videos
-    if not videos:
+    if not (videos or args.shards):
         raise SystemExit(f"--videos {args.videos}: no videos")
-    for name in (*AUDIO_CODECS, *(f"run-{c}" for c in AUDIO_CODECS)):
+    made_here = () if args.shards else AUDIO_CODECS
+    for name in (*made_here, *(f"run-{c}" for c in AUDIO_CODECS)):
         shutil.rmtree(args.out / name, ignore_errors=True)  # ours, from an earlier run
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -275,15 +298,22 @@ def main() -> None:
                    "errors": errors, "seconds": time.perf_counter() - began}  # fmt: skip
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
+    shards = {c: (args.shards or args.out) / c for c in AUDIO_CODECS}
     for codec in AUDIO_CODECS:
+        if args.shards:
+            try:
+                pipeline[codec] = premade_shards(shards[codec])
+            except (Exception, SystemExit) as err:
+                errors[f"{codec} shards"] = failed(f"reading {shards[codec]}", err)
+            continue
         for teachers_on in dict.fromkeys((device, "cpu")):  # the GPU's run failed: the CPU's
             try:
-                pipeline[codec] = make_shards(videos, args.out / codec, codec, teachers_on)
+                pipeline[codec] = make_shards(videos, shards[codec], codec, teachers_on)
                 break
             except (Exception, SystemExit) as err:
                 what = f"{codec} pipeline, teachers on {teachers_on}"
                 errors[what] = failed(what, err)
-                shutil.rmtree(args.out / codec, ignore_errors=True)
+                shutil.rmtree(shards[codec], ignore_errors=True)
         save()
     if not pipeline:
         raise SystemExit(f"bench-device: no shards made: {errors}")
@@ -295,9 +325,7 @@ def main() -> None:
     for codec in pipeline:
         try:
             shard_mb = pipeline[codec]["shard_mb"]
-            rows.append(
-                codec_figures(codec, args.out / codec, shard_mb, args, torch.device(device))
-            )
+            rows.append(codec_figures(codec, shards[codec], shard_mb, args, torch.device(device)))
             r = rows[-1]
             print(f"-- {codec}: loader {r.loader_per_core:.0f}/core, step alone "
                   f"{r.step_alone:.1f}/s, with the loader {r.with_loader:.1f}/s "
