@@ -267,7 +267,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300 if cuda else 4, help="trainer.main steps")
     p.add_argument("--batch-size", type=int, default=64 if cuda else 4)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--loader-batches", type=int, default=15 if cuda else 5, help="per round, 7 rounds")
+    p.add_argument(
+        "--loader-batches", type=int, default=15 if cuda else 5, help="per round, 7 rounds"
+    )
     p.add_argument("--step-repeats", type=int, default=30 if cuda else 2)
     args = p.parse_args()
     args.log_every = max(1, args.steps // 10)
