@@ -112,6 +112,7 @@ DEVICE_PACKAGES := webdataset|braceexpand|soundfile|miniaudio|cffi|pycparser
 DEVICE_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any
 .PHONY: device-bundle
 device-bundle: | $(STAMP)
+	@test -d $(DEVICE_VIDEOS) || { echo "DEVICE_VIDEOS=$(DEVICE_VIDEOS): no such folder of clips"; exit 2; }
 	rm -rf .device && mkdir -p .device/wheels
 	ls -d $(abspath $(DEVICE_VIDEOS))/* | grep -viE '\.(csv|md|txt)$$' > .device/videos.txt
 	for codec in flac pcm16; do \
