@@ -152,7 +152,8 @@ def run_loader(urls: list[str], heads: list[str], batch_size: int, workers: int,
         # and the bench's reading of the audio members
         round_main_cpu = time.process_time() - round_began - decode_s - bookkeeping
         main_cpu += round_main_cpu
-        round_cpu = worker_cpu - round_worker_cpu + round_main_cpu
+        # (no workers: the batches carry this process's own clock, already in its CPU)
+        round_cpu = (worker_cpu - round_worker_cpu if workers else 0.0) + round_main_cpu
         round_ratios.append(len(keys) / round_cpu / (repeats * len(todo) / decode_s))
         flac = [payload for codec, payload in todo if codec == "flac"]
         began = time.thread_time()  # the reference: libsndfile, the decoder the loader left
