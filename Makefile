@@ -114,11 +114,7 @@ DEVICE_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x8
 device-bundle: | $(STAMP)
 	@test -d $(DEVICE_VIDEOS) || { echo "DEVICE_VIDEOS=$(DEVICE_VIDEOS): no such folder of clips"; exit 2; }
 	rm -rf .device && mkdir -p .device/wheels
-	ls -d $(abspath $(DEVICE_VIDEOS))/* | grep -viE '\.(csv|md|txt)$$' > .device/videos.txt
-	for codec in flac pcm16; do \
-	  $(PY) -m pipeline.run --runner=DirectRunner --input=.device/videos.txt \
-	    --output=.device/shards/$$codec --audio-codec=$$codec --videos-per-shard=8 || exit 1; \
-	done
+	$(PY) bench/device.py --only-shards --videos $(DEVICE_VIDEOS) --max-videos 0 --out .device/shards
 	$(PY) -m pip freeze | grep -iE '^($(DEVICE_PACKAGES))==' > .device/wheels.txt
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp $(addprefix --platform ,$(DEVICE_PLATFORMS)) -d .device/wheels \

@@ -134,7 +134,7 @@ def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     from pipeline import run as pipeline_run  # Beam and PyAV: not needed with --shards
 
     listing = out.parent / f"videos-{codec}.txt"
-    listing.write_text("".join(f"{v}\n" for v in videos))
+    listing.write_text("".join(f"{v.resolve()}\n" for v in videos))  # read from its folder
     began = time.perf_counter()
     code = pipeline_run.main(["--runner=DirectRunner", f"--input={listing}", f"--output={out}",
                               f"--audio-codec={codec}", f"--device={device}",
@@ -143,6 +143,8 @@ def make_shards(videos: list[Path], out: Path, codec: str, device: str) -> dict:
     if code:
         raise SystemExit(f"the pipeline run for {codec} shards failed (exit {code})")
     made = shard_counts(out)
+    if not made["samples"]:
+        raise SystemExit(f"the pipeline run for {codec} shards wrote no sample (see its failures)")
     return made | {"videos": len(videos), "device": device, "seconds": seconds,
                    "frames_per_s": made["frames"] / seconds}  # fmt: skip
 
@@ -262,6 +264,8 @@ def main() -> None:
     p.add_argument("--videos", type=Path, default=SHARED_VIDEOS)
     p.add_argument("--shards", type=Path, help="flac/ and pcm16/ pipeline outputs made "
                    "elsewhere (make device-bundle): no pipeline run, so no Beam or PyAV needed")  # fmt: skip
+    p.add_argument("--only-shards", action="store_true", help="make OUT/flac and OUT/pcm16 "
+                   "and stop (make device-bundle: what --shards then reads)")  # fmt: skip
     p.add_argument("--max-videos", type=int, default=0 if cuda else 6, help="0: all")
     p.add_argument("--out", type=Path, default=REPO / "build" / "bench-device")
     p.add_argument("--steps", type=int, default=300 if cuda else 4, help="trainer.main steps")
@@ -319,6 +323,11 @@ def main() -> None:
         save()
     if not pipeline:
         raise SystemExit(f"bench-device: no shards made: {errors}")
+    if args.only_shards:  # make device-bundle: the shards to carry, nothing measured
+        if errors:
+            raise SystemExit(f"bench-device: {len(errors)} part(s) failed: {', '.join(errors)}")
+        print(f"shards made: {', '.join(str(shards[c]) for c in pipeline)}")
+        return
     if importlib.util.find_spec("apache_beam") is None:  # --shards on a machine without Beam
         print("-- the teacher alone is not measured: Beam, which loads its weights, is not here")
     else:
