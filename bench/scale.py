@@ -96,10 +96,12 @@ def run(inputs: Path, out: Path, extra: list[str], kill_after: float | None = No
     """The pipeline command; its wall time, peak tree RSS, first shard time, whether killed."""
     command = [sys.executable, "-m", "pipeline.run", "--runner=DirectRunner",
                f"--input={inputs}", f"--output={out}", *extra]  # fmt: skip
+    temp = out.parent / f"{out.name}-temp"  # what a killed run cannot clean up stays with ours
+    temp.mkdir(exist_ok=True)
     start = time.perf_counter()
     proc = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True,
+        start_new_session=True, env={**os.environ, "TMPDIR": str(temp)},
     )  # fmt: skip
     watched = psutil.Process(proc.pid)
     peak, first_shard, killed = 0, None, False
