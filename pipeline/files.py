@@ -4,12 +4,17 @@ Every file is written under a temporary name and renamed into place, so that rea
 files or none, and a run killed at any point leaves only whole files (and temporaries, which
 `remove_temporaries` deletes). Local paths go through schemas.io, the project's one atomic
 writer; object stores through FileSystems, whose rename is a copy then a delete.
+
+Beam is imported on first use, and local files are read, probed and found without it: what only
+reads local files (the teachers and their weights: bench/device.py on a machine that has no
+Beam) runs where Beam is not installed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -18,11 +23,16 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from schemas import validate_table
 from schemas.io import TMP_MARKER, write_bytes_atomic
+
+
+def _filesystems() -> type:
+    """Beam's FileSystems (its class methods do the work), imported on first use."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 
 def is_remote(path: str) -> bool:
@@ -30,16 +40,30 @@ def is_remote(path: str) -> bool:
 
 
 def join(*parts: str) -> str:
-    return FileSystems.join(*parts) if is_remote(parts[0]) else posixpath.join(*parts)
+    return _filesystems().join(*parts) if is_remote(parts[0]) else posixpath.join(*parts)
+
+
+def parent(path: str) -> str:
+    """The folder `path` is in."""
+    return _filesystems().split(path)[0] if is_remote(path) else posixpath.dirname(path)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return _filesystems().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def size_and_mtime(path: str) -> tuple[int, float]:
+    """A file's bytes and last change (seconds since the epoch): what tells two versions apart."""
+    if not is_remote(path):
+        info = os.stat(path)
+        return info.st_size, info.st_mtime
+    meta = _filesystems().get_filesystem(path).metadata(path)
+    return meta.size_in_bytes, meta.last_updated_in_seconds
 
 
 def listing(pattern: str) -> list[str]:
     """The paths matching a glob, sorted; temporaries left out."""
-    found = FileSystems.match([pattern])[0].metadata_list
+    found = _filesystems().match([pattern])[0].metadata_list
     return sorted(m.path for m in found if TMP_MARKER not in m.path)
 
 
@@ -53,9 +77,9 @@ def write_atomic(path: str, data: bytes) -> None:
         write_bytes_atomic(path, data)
         return
     tmp = temporary_name(path)
-    with FileSystems.create(tmp) as f:
+    with _filesystems().create(tmp) as f:
         f.write(data)
-    FileSystems.rename([tmp], [path])
+    _filesystems().rename([tmp], [path])
 
 
 @contextlib.contextmanager
@@ -63,22 +87,22 @@ def growing_file(path: str) -> Iterator[BinaryIO]:
     """A stream written as data arrives, under a temporary name renamed to `path` when the
     block ends without error (deleted otherwise)."""
     tmp = temporary_name(path)
-    stream = FileSystems.create(tmp)
+    stream = _filesystems().create(tmp)
     try:
         yield stream
         stream.close()
-        FileSystems.rename([tmp], [path])
+        _filesystems().rename([tmp], [path])
     except BaseException:
         with contextlib.suppress(Exception):
             stream.close()
         with contextlib.suppress(Exception):
-            FileSystems.delete([tmp])
+            _filesystems().delete([tmp])
         raise
 
 
 def delete(paths: list[str]) -> None:
     if paths:
-        FileSystems.delete(paths)
+        _filesystems().delete(paths)
 
 
 def read_bytes(path: str) -> bytes:
@@ -87,7 +111,11 @@ def read_bytes(path: str) -> bytes:
 
 
 def open_file(path: str) -> BinaryIO:
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if not is_remote(path):
+        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

@@ -20,7 +20,7 @@ from apache_beam.utils.shared import Shared
 
 from pipeline.plan import ShardTask
 from pipeline.task import RunSettings, TaskSummary, TaskWriter
-from pipeline.teachers import TeacherModelHandler
+from pipeline.teachers.handler import TeacherModelHandler
 
 log = logging.getLogger("pipeline")
 

@@ -5,9 +5,13 @@ RunInference handler in a real DirectRunner pipeline."""
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import apache_beam as beam
@@ -25,15 +29,15 @@ from pipeline.run import local_runner
 from pipeline.teachers import (
     TEACHERS,
     TeacherError,
-    TeacherModelHandler,
     clean_state_dict,
     preprocess,
     resolve_teacher,
     teacher_probabilities,
     torch_device,
 )
+from pipeline.teachers.handler import TeacherModelHandler
 from schemas.labels import LabelsError, parse_labels
-from tests.conftest import load_teacher
+from tests.conftest import REPO, load_teacher
 
 PALACE_LIKE = {"palace", "bell cote", "dome", "church", "castle", "monastery", "stupa", "mosque"}
 
@@ -361,3 +365,29 @@ def test_device(lite0, photos):
     teacher = load_teacher("objects", "efficientnet_lite0", device="cuda")
     got = teacher_probabilities(list(photos), teacher.model, "cuda")
     np.testing.assert_allclose(np.stack(got), probabilities(lite0.model, photos), atol=1e-4)
+
+
+def test_a_teacher_resolves_builds_and_runs_where_beam_is_not_installed(lite0, photos, tmp_path):
+    """bench/device.py measures the teacher alone on a lent GPU machine that has neither Beam
+    nor PyAV: resolving, building and running it must import neither, and give the same rows."""
+    frames = tmp_path / "frames.npy"
+    np.save(frames, photos)
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Hidden(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("apache_beam", "av"):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)")
+        sys.meta_path.insert(0, Hidden())
+        import numpy as np
+        from pipeline.teachers import build_teacher, resolve_teacher, teacher_probabilities
+        info = resolve_teacher("objects", "efficientnet_lite0")
+        rows = teacher_probabilities(list(np.load({str(frames)!r})), build_teacher(info), "cpu")
+        np.save(sys.stdout.buffer, np.stack(rows))
+        print(info.weights_sha256, file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stderr.decode().split()[-1] == lite0.weights_sha256
+    got = np.load(io.BytesIO(proc.stdout))
+    np.testing.assert_allclose(got, probabilities(lite0.model, photos), atol=1e-5)

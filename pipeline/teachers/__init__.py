@@ -1,7 +1,7 @@
 """The visual teachers: pretrained image classifiers whose class distributions SoundNet distils.
 
     info = resolve_teacher("objects", "efficientnet_lite0")   # on the driver, once
-    handler = TeacherModelHandler(info, device="cpu")          # pickled to the workers
+    handler = TeacherModelHandler(info, device="cpu")          # (.handler) pickled to workers
     model = handler.load_model()                               # once per worker process
     rows = handler.probabilities(frames, model)                # float32 [N, 1000]
 
@@ -14,11 +14,11 @@ cache); nothing is ever downloaded, and nothing is unpickled (`torch.load(weight
     labels.py      class names (ImageNet, Places365 categories files)
     resolve.py     a teacher resolved once (TeacherInfo) and built from that (build_teacher)
     preprocess.py  frames -> normalised tensors -> softmax rows
-    handler.py     the RunInference model handler
+    handler.py     the RunInference model handler (the one module here that needs Beam: the
+                   others build and run a teacher where Beam is not installed)
 """
 
 from pipeline.teachers.errors import TeacherError
-from pipeline.teachers.handler import TeacherModelHandler
 from pipeline.teachers.preprocess import preprocess, teacher_probabilities, torch_device
 from pipeline.teachers.registry import DEFAULT_TEACHER, TEACHERS, TeacherArch, get_arch
 from pipeline.teachers.resolve import (
@@ -35,7 +35,6 @@ __all__ = [
     "TeacherArch",
     "TeacherError",
     "TeacherInfo",
-    "TeacherModelHandler",
     "build_teacher",
     "clean_state_dict",
     "get_arch",

@@ -3,11 +3,10 @@ release's categories file (beside the weights, or given)."""
 
 from __future__ import annotations
 
-from apache_beam.io.filesystems import FileSystems
-
+from pipeline import files
 from pipeline.teachers.errors import TeacherError
 from pipeline.teachers.registry import TeacherArch
-from pipeline.teachers.weights import PLACES365_CATEGORIES, exists, open_file
+from pipeline.teachers.weights import PLACES365_CATEGORIES, exists
 from schemas.labels import LabelsError, imagenet_labels, parse_labels
 
 
@@ -15,7 +14,7 @@ def class_names(arch: TeacherArch, head: str, weights: str, labels: str | None) 
     if labels is None and arch.label_set == "imagenet1k":
         return imagenet_labels()
     if labels is None:
-        labels = FileSystems.join(FileSystems.split(weights)[0], PLACES365_CATEGORIES)
+        labels = files.join(files.parent(weights), PLACES365_CATEGORIES)
         if not exists(labels):
             raise TeacherError(
                 f"{PLACES365_CATEGORIES} is not beside {weights} (looked for {labels}): get it "
@@ -23,7 +22,7 @@ def class_names(arch: TeacherArch, head: str, weights: str, labels: str | None) 
                 f"and put it there, or pass --{head}-labels=PATH"
             )
     try:
-        with open_file(labels) as f:
+        with files.open_file(labels) as f:
             text = f.read().decode("utf-8")
     except (OSError, ValueError) as e:
         raise TeacherError(f"cannot read labels file {labels}: {e}") from None

@@ -1,6 +1,6 @@
 """Teacher weights files: where they are, what to get when they are not, their digest, and
 loading their tensors safely (`torch.load(weights_only=True)`: nothing is unpickled, nothing
-is downloaded). Local paths and, through Beam's file systems, gs:// s3:// ..."""
+is downloaded). Local paths and, through Beam's file systems (pipeline/files.py), gs:// s3:// ..."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from pickle import UnpicklingError
 
 import torch
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from pipeline import files
 from pipeline.teachers.errors import TeacherError
 from pipeline.teachers.registry import TeacherArch
 
@@ -66,11 +65,10 @@ _DIGESTS: dict[tuple[str, int, float], str] = {}
 def file_sha256(path: str) -> str:
     """SHA-256 of a file, read in chunks; cached per (path, size, mtime) for this process."""
     try:
-        meta = FileSystems.get_filesystem(path).metadata(path)
-        key = (path, meta.size_in_bytes, meta.last_updated_in_seconds)
+        key = (path, *files.size_and_mtime(path))
         if key not in _DIGESTS:
             digest = hashlib.sha256()
-            with open_file(path) as f:
+            with files.open_file(path) as f:
                 while chunk := f.read(_HASH_CHUNK):
                     digest.update(chunk)
             _DIGESTS[key] = digest.hexdigest()
@@ -103,7 +101,7 @@ _DENSENET_OLD_KEY = re.compile(
 def load_state_dict(path: str, arch: TeacherArch, head: str) -> Mapping[str, torch.Tensor]:
     """The tensors of a checkpoint: a bare state_dict or a dict holding one under "state_dict"."""
     try:
-        with open_file(path) as f:
+        with files.open_file(path) as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except UnpicklingError as e:
         if "weights only" not in str(e).lower():
@@ -139,14 +137,9 @@ def load_state_dict(path: str, arch: TeacherArch, head: str) -> Mapping[str, tor
     return obj
 
 
-def open_file(path: str):
-    # Beam's file systems read local paths and, with their extras installed, gs:// s3:// ...
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def exists(path: str) -> bool:
     try:
-        return FileSystems.exists(path)
+        return files.exists(path)
     except ValueError as e:  # a URL scheme whose Beam extra is not installed
         raise TeacherError(f"cannot reach {path}: {e}") from None
 
