@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -172,16 +173,77 @@ def test_bad_input_corpus_as_a_directory_and_as_a_list(shared_videos, tmp_path):
     )
 
 
-def test_a_hanging_input_times_out_instead_of_stalling_the_run(tmp_path):
-    """A named pipe nobody writes to blocks any reader: the per-input timeout must fire."""
-    fifo = tmp_path / "hang.mp4"
-    os.mkfifo(fifo)
+def blocking_inputs(folder: Path) -> dict[str, Path]:
+    """Inputs that would block a reader for good: a named pipe nobody writes to, and regular
+    files whose content (whatever their name) makes FFmpeg open that pipe."""
+    folder.mkdir()
+    pipe = folder / "nobody-writes.fifo"  # not a media name: listed only through the playlists
+    os.mkfifo(pipe)
+    inputs = {
+        "named pipe": folder / "pipe.mp4",
+        "concat list": folder / "list.mp4",
+        "HLS playlist": folder / "playlist.mkv",
+    }
+    os.mkfifo(inputs["named pipe"])
+    inputs["concat list"].write_text(f"ffconcat version 1.0\nfile {pipe.name}\n")
+    inputs["HLS playlist"].write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{pipe.name}\n#EXT-X-ENDLIST\n"
+    )
+    return inputs
+
+
+def test_inputs_that_would_block_a_reader_fail_at_once_and_the_run_goes_on(tmp_path):
+    """A named pipe is refused unopened; a concat list or an HLS playlist naming one is refused
+    by its format (opened, PyAV blocked inside FFmpeg for good: no timeout reaches there), by
+    PyAV and the ffmpeg tools alike; the good clip beside them is written."""
+    inputs = blocking_inputs(tmp_path / "in")
+    good = tmp_path / "in" / "good.webm"
+    shutil.copy(REPO / "samples" / "videos" / "mdn-ie_stream-of-water.webm", good)
     out = tmp_path / "out"
-    proc = run([f"--input={tmp_path}", f"--output={out}", "--decode-timeout=3"])
+    proc = run_module(
+        "pipeline.run", "--runner=DirectRunner", f"--input={tmp_path / 'in'}", f"--output={out}",
+        timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        r["source"]: r for r in read_table(out / "failures.parquet", FAILURES_SCHEMA).to_pylist()
+    }
+    assert set(rows) == {str(p) for p in inputs.values()}
+    assert all(r["stage"] == "probe" and Path(s).name in r["message"] for s, r in rows.items())
+    assert "is a named pipe, not a regular file" in rows[str(inputs["named pipe"])]["message"]
+    assert "in the concat format" in rows[str(inputs["concat list"])]["message"]
+    assert "in the hls format" in rows[str(inputs["HLS playlist"])]["message"]
+    index = read_table(out / "index.parquet", INDEX_SCHEMA)
+    assert set(index.column("source").to_pylist()) == {str(good)}
+
+
+def test_a_decoder_that_hangs_times_out_instead_of_stalling_the_run(tmp_path):
+    """--decode-timeout bounds every decoding step: here the ffprobe the pipeline falls back to
+    (for a file PyAV cannot open) hangs, as it would on a stalled network file system; the
+    input fails after the timeout, naming the tool, and the good clip is still written."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "ffprobe").write_text("#!/bin/sh\nexec sleep 600\n")
+    (tools / "ffprobe").chmod(0o755)
+    (tmp_path / "in").mkdir()
+    stuck = tmp_path / "in" / "stuck.mp4"
+    stuck.write_bytes(os.urandom(100_000))  # PyAV finds no format: the tools are asked
+    good = tmp_path / "in" / "good.webm"
+    shutil.copy(REPO / "samples" / "videos" / "mdn-ie_stream-of-water.webm", good)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+    began = time.monotonic()
+    proc = run_module(
+        "pipeline.run", "--runner=DirectRunner", f"--input={tmp_path / 'in'}", f"--output={out}",
+        "--decode-timeout=3", timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - began < 120  # not the hung tool's 600 s
     (row,) = read_table(out / "failures.parquet", FAILURES_SCHEMA).to_pylist()
-    assert row["source"] == str(fifo)
-    assert "hang.mp4" in row["message"]
+    assert row["source"] == str(stuck) and row["stage"] == "probe"
+    assert row["message"] == f"{stuck}: ffprobe timed out after 3 s"
+    index = read_table(out / "index.parquet", INDEX_SCHEMA)
+    assert set(index.column("source").to_pylist()) == {str(good)}
 
 
 def test_max_failed_fraction_fails_the_job_loudly(tmp_path):

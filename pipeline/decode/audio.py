@@ -9,6 +9,7 @@ import numpy as np
 
 import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
+from pipeline.decode.formats import input_options
 from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.tools import FFMPEG, check_file, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
@@ -35,7 +36,7 @@ def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarr
 
 def _ffmpeg_audio(path: str, info: MediaInfo, timeout_s: float) -> np.ndarray:
     args = (
-        ffmpeg.input(path)
+        ffmpeg.input(path, **input_options())
         .output(
             "pipe:",
             map=stream_map(info.audio_stream_index, "a"),

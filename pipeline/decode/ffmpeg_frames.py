@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
+from pipeline.decode.formats import input_options, tool_args
 from pipeline.decode.media_info import MediaInfo, number
 from pipeline.decode.tools import FFMPEG, FFPROBE, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
@@ -100,7 +101,7 @@ def _ffmpeg_select(
     seek = first - window - 1.0 - info.start_time_s  # input -ss counts from the start time
     if not seeks_exactly(info):
         seek -= INEXACT_SEEK_MARGIN_S
-    input_args: dict[str, object] = {"threads": threads}
+    input_args: dict[str, object] = {"threads": threads, **input_options()}
     if seek > 0:
         input_args["ss"] = f"{seek:.6f}"
     else:
@@ -147,7 +148,7 @@ def _last_frame_time(path: str, info: MediaInfo, timeout_s: float) -> float | No
     """The video stream's last presentation time, from its packets (demuxing, no decoding)."""
     stream = str(info.video_stream_index) if info.video_stream_index >= 0 else "v:0"
     args = [FFPROBE, "-v", "level+error", "-select_streams", stream]
-    args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", "-i", path]
+    args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", *tool_args(), "-i", path]
     out, _ = run(args, "decode_frames", path, "ffprobe", timeout_s)
     times = [number(line.strip(" ,")) for line in out.decode("utf-8", "replace").splitlines()]
     known = [t for t in times if t is not None]

@@ -7,7 +7,8 @@ than decoding a short clip. Every function raises `Unfit` when a file is not pla
 step with the ffprobe/ffmpeg command-line tools, whose behaviour on broken files, timeouts and
 error messages the pipeline is built around. Decoding that runs past its time limit raises
 `TimedOut` (checked between packets and frames: a call that hangs inside libav is not caught).
-Regular files only: opening a named pipe here could block with no timeout.
+Regular files only, in the formats pipeline/decode/formats.py allows: opening a named pipe, or a
+playlist that names one, could block here with no timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from pipeline.decode.formats import input_options
 from schemas import SAMPLE_RATE
 
 _KEYFRAME = 1  # AVINDEX_KEYFRAME
@@ -60,7 +62,7 @@ def usable(path: str) -> bool:
 @contextmanager
 def _open(path: str) -> Iterator[av.container.InputContainer]:
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path, metadata_errors="ignore", container_options=input_options())
     except Exception as err:  # noqa: BLE001 - any failure to open is for the tools to explain
         raise Unfit(f"cannot open: {err}") from err
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
+from pipeline.decode.formats import tool_args
 from pipeline.decode.tools import FFPROBE, check_file, run
 from pipeline.errors import InputError
 
@@ -154,7 +155,7 @@ def probe(path: str, timeout_s: float = 60) -> MediaInfo:
 def _ffprobe(path: str, timeout_s: float) -> dict:
     # The arguments of ffmpeg.probe; run here because ffmpeg-python 0.2.0's probe has no timeout.
     args = [FFPROBE, "-v", "level+error", "-show_format", "-show_streams", "-of", "json"]
-    args += ["-i", path]  # -i: a file named "-x.mp4" is not an option
+    args += [*tool_args(), "-i", path]  # -i: a file named "-x.mp4" is not an option
     out, _ = run(args, "probe", path, "ffprobe", timeout_s)
     try:
         return json.loads(out.decode("utf-8", "replace"))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 
+from pipeline.decode.formats import refusal
 from pipeline.errors import InputError
 
 FFMPEG = "ffmpeg"
@@ -21,13 +23,29 @@ _LEVELS = ("fatal", "error", "warning")
 
 
 def check_file(path: str, stage: str) -> None:
-    """InputError unless `path` is there, not a directory, and not empty."""
-    if not os.path.exists(path):
-        raise InputError(stage, f"{path}: no such file")
-    if os.path.isdir(path):
+    """InputError unless `path` is a regular file, and not empty: a named pipe, a device or a
+    socket could block its reader (and holds no file to read twice)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(stage, f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(stage, f"{path}: cannot be read ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
         raise InputError(stage, f"{path}: is a directory, not a media file")
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _SPECIAL_FILES if test(mode)), "special file")
+        raise InputError(stage, f"{path}: is a {kind}, not a regular file: not read")
     if os.path.getsize(path) == 0:
         raise InputError(stage, f"{path}: file is empty (0 bytes)")
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "named pipe"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 def ffmpeg_reason(stderr: bytes, path: str) -> str:
@@ -54,9 +72,10 @@ def run(args: list[str], stage: str, path: str, what: str, timeout_s: float) -> 
     except FileNotFoundError as err:  # the tool itself is missing: not this input's fault
         raise RuntimeError(f"{args[0]} is not installed or not on PATH") from err
     if proc.returncode != 0:
-        raise InputError(
-            stage, f"{path}: {what} could not read it: {ffmpeg_reason(proc.stderr, path)}"
+        why = (
+            refusal(proc.stderr) or f"{what} could not read it: {ffmpeg_reason(proc.stderr, path)}"
         )
+        raise InputError(stage, f"{path}: {why}")
     return proc.stdout, proc.stderr
 
 
