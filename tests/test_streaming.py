@@ -84,12 +84,12 @@ def test_shards_roll_over_by_audio_and_a_rerun_goes_on_mid_task(
 def test_frames_stream_through_batches_that_span_videos_and_a_bad_video_is_isolated():
     """The labeller pulls a video's frames only as batches need them, hands videos back in
     input order, and loses only the video whose frames a teacher cannot label."""
-    batch_size, pulled, calls = 4, [0], []
+    batch_size, pulled, calls, held = 4, [0], [], []
     poison = 7.0  # frames of this value make the teacher fail
 
     def teachers(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
-        held = pulled[0] - sum(len(c) for c in calls if c is not None)
-        assert held <= batch_size  # never more than a batch of frames in memory
+        # frames pulled and not yet labelled (asserted after: the labeller records what this raises)
+        held.append(pulled[0] - sum(len(c) for c in calls if c is not None))
         if any(f[0, 0, 0] == poison for f in frames):
             calls.append(None)
             raise RuntimeError("objects teacher: cannot label this")
@@ -120,6 +120,7 @@ def test_frames_stream_through_batches_that_span_videos_and_a_bad_video_is_isola
     assert "poisoned.mp4" in poisoned.error.message and "objects teacher" in poisoned.error.message
     batches = [len(c) for c in calls if c is not None]
     assert max(batches) == batch_size and sum(batches) == 30 + 2 + 1
+    assert max(held) == batch_size  # never more than a batch of frames in memory
     assert any(len({f[0, 0, 0] for f in c}) > 1 for c in calls if c)  # batches span videos
 
 
@@ -144,7 +145,8 @@ def test_the_job_graph_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
     assert len(list((tmp_path / "large" / "_plan").glob("videos-*.parquet"))) == 1
 
 
-def test_shard_audio_target_must_be_positive(tmp_path, shared_videos):
+def test_shard_audio_target_must_be_positive(tmp_path, shared_videos, capsys):
     clip = shared_videos / "videollama_dog_barking.mp4"
     code = run_pipeline(f"--input={clip}", f"--output={tmp_path}", "--shard-audio-minutes=0")
     assert code == 2
+    assert "--shard-audio-minutes" in capsys.readouterr().err

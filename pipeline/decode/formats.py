@@ -57,5 +57,6 @@ def refusal(stderr: bytes) -> str | None:
         return None
     return (
         f"its content is in the {found.group(1).decode()} format, which names other files, "
-        "streams or devices for the decoder to open: such inputs are not read"
+        "streams or devices for the decoder to open: not read (to use what it names, remux "
+        "that into one file first)"
     )
