@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from PIL import Image
 
 from pipeline import decode
 from pipeline.decode import audio as audio_module
-from pipeline.decode import ffmpeg_frames, libav, media_info
+from pipeline.decode import ffmpeg_frames, libav, media_info, spool
 from pipeline.errors import InputError
 
 SR = 22050
@@ -200,6 +202,36 @@ def test_decode_audio_pads_a_late_stream_to_the_container_start(made):
     assert len(audio) == pytest.approx(4 * SR, rel=0.02)
     assert not audio[: int(0.95 * SR)].any()  # silence until the sound starts
     assert audio[int(1.1 * SR) :].astype(np.float64).std() > 1000
+
+
+def test_a_long_track_is_held_in_a_mapped_file_with_the_same_samples(
+    shared_videos, made, tmp_path, monkeypatch
+):
+    """pipeline/decode/spool.py: past SPILL_AFTER_S (10 minutes; 1 s here) the decoded audio
+    goes to a temporary file and comes back as that file mapped, not held in the heap: the
+    same samples through PyAV, through the ffmpeg tool and padded for a late stream, and no
+    file left behind."""
+
+    def mapped(audio: np.ndarray) -> bool:
+        return isinstance(audio.base, memoryview) and isinstance(audio.base.obj, mmap.mmap)
+
+    paths = [str(shared_videos / "mdn-sa_tears-of-steel-battle-clip-medium.webm"),
+             str(made["late.mp4"])]  # fmt: skip
+    infos = {p: decode.probe(p) for p in paths}
+    held = {p: decode.decode_audio(p, infos[p]) for p in paths}
+    tool = audio_module._ffmpeg_audio(paths[0], infos[paths[0]], 60)
+    assert not any(mapped(a) for a in [*held.values(), tool])
+
+    monkeypatch.setattr(spool, "SPILL_AFTER_S", 1.0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for path in paths:
+        spilled = decode.decode_audio(path, infos[path])
+        assert mapped(spilled) and not spilled.flags.writeable
+        np.testing.assert_array_equal(spilled, held[path])
+    spilled_tool = audio_module._ffmpeg_audio(paths[0], infos[paths[0]], 60)
+    assert mapped(spilled_tool)
+    np.testing.assert_array_equal(spilled_tool, tool)
+    assert list(tmp_path.iterdir()) == []  # unnamed files: nothing to clean up, even after a kill
 
 
 # ---------------------------------------------------------------------------------------------

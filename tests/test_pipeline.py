@@ -15,6 +15,7 @@ import torch
 import webdataset as wds
 
 from pipeline import decode
+from pipeline.decode import spool
 from pipeline.teachers import preprocess
 from schemas import (
     FAILURES_SCHEMA,
@@ -188,6 +189,30 @@ def test_multi_processing_mode_writes_the_same_samples(
         "pymediainfo_sample.mp4"
     ]
     assert list(temp.iterdir()) == []
+
+
+def test_audio_held_in_a_mapped_file_writes_the_same_samples(
+    samples, shared_videos, tmp_path, monkeypatch
+):
+    """Long videos' audio (past 10 minutes; here past 1 s) is spooled to a temporary file and
+    mapped (pipeline/decode/spool.py): read-only audio, cut and encoded into the same samples."""
+    monkeypatch.setattr(spool, "SPILL_AFTER_S", 1.0)
+    spilled, array = [], spool.AudioSpool.array
+
+    def noted(self):
+        spilled.append(self.file is not None)
+        return array(self)
+
+    monkeypatch.setattr(spool.AudioSpool, "array", noted)
+    names = ["mdn-sa_tears-of-steel-battle-clip-medium.webm", "tmh_bear-vp9-opus.webm"]
+    listing = tmp_path / "two.txt"
+    listing.write_text("".join(f"{shared_videos / n}\n" for n in names))
+    assert run_pipeline(f"--input={listing}", f"--output={tmp_path / 'out'}") == 0
+    assert spilled == [True, True]  # each video's audio, decoded once
+    mine = read_samples(tmp_path / "out")
+    assert {s.metadata.source for s in mine.values()} == {str(shared_videos / n) for n in names}
+    for key, sample in mine.items():
+        assert_same_sample(sample, samples[key])
 
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):

@@ -1,6 +1,7 @@
 """The audio of one input, decoded once: int16 mono at 22050 Hz, aligned to the container's
 start time (a stream that starts late is padded with silence), so audio sample `i` and frame
-time `i / 22050` describe the same moment."""
+time `i / 22050` describe the same moment. A long track is held in a temporary file, mapped
+(pipeline/decode/spool.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
 from pipeline.decode.formats import input_options
 from pipeline.decode.media_info import MediaInfo
+from pipeline.decode.spool import AudioSpool
 from pipeline.decode.tools import FFMPEG, check_file, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
 from schemas import SAMPLE_RATE
@@ -51,7 +53,10 @@ def _ffmpeg_audio(path: str, info: MediaInfo, timeout_s: float) -> np.ndarray:
         .compile(cmd=[FFMPEG, "-nostdin", "-hide_banner", "-v", "level+error"])
     )
     out, err = run(args, "decode_audio", path, "ffmpeg", timeout_s)
-    audio = np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.int16)
+    spool = AudioSpool()  # a long track goes to a temporary file, not the heap
+    spool.write(np.frombuffer(memoryview(out)[: len(out) // 2 * 2], dtype="<i2"))
+    del out
+    audio = spool.array()
     if audio.size == 0:
         raise InputError(
             "decode_audio",
@@ -75,7 +80,10 @@ def _pad_start(audio: np.ndarray, info: MediaInfo) -> np.ndarray:
     late = round((info.audio_start_time_s - info.start_time_s) * SAMPLE_RATE)
     if late <= 0 or late > info.duration_s * SAMPLE_RATE:  # on time, or a nonsense start time
         return audio
-    return np.concatenate([np.zeros(late, np.int16), audio])
+    spool = AudioSpool()
+    spool.write(np.zeros(late, np.int16))
+    spool.write(audio)
+    return spool.array()
 
 
 def _expected_audio_s(info: MediaInfo) -> float:

@@ -26,6 +26,7 @@ import av
 import numpy as np
 
 from pipeline.decode.formats import input_options
+from pipeline.decode.spool import AudioSpool
 from schemas import SAMPLE_RATE
 
 _KEYFRAME = 1  # AVINDEX_KEYFRAME
@@ -155,15 +156,17 @@ def decode_audio(path: str, stream_index: int, timeout_s: float = math.inf) -> n
         stream = container.streams[stream_index] if stream_index >= 0 else None
         stream = stream or container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        chunks = []
+        spool = AudioSpool()  # a long track goes to a temporary file, not the heap
         for packet in container.demux(stream):  # only this stream's packets are read out
             _check(deadline, timeout_s)
             for frame in packet.decode():  # a corrupt packet raises: the tools take over
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    if not chunks:
+                for out in resampler.resample(frame):
+                    spool.write(out.to_ndarray())
+        for out in resampler.resample(None):
+            spool.write(out.to_ndarray())
+    if not spool.size:
         raise Unfit("no audio samples decoded")
-    return np.concatenate(chunks).astype(np.int16, copy=False)
+    return spool.array()
 
 
 # ---------------------------------------------------------------------------------------------
