@@ -20,6 +20,10 @@ COPY schemas/ schemas/
 COPY pipeline/ pipeline/
 RUN pip install --no-cache-dir --no-deps .
 
+# glibc's malloc keeps freed memory for the next teacher batch (pipeline/allocator.py): set here,
+# every worker process a runner starts begins with it
+ENV MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_ARENA_MAX=1
+
 RUN groupadd --gid 1000 soundnet && useradd --create-home --uid 1000 --gid 1000 soundnet
 USER 1000:1000
 # The SDK image's own entrypoint (/opt/apache/beam/boot) stays, so runners can start workers.

@@ -27,6 +27,7 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner
 
 from pipeline import decode, files, progress
+from pipeline.allocator import keep_freed_memory
 from pipeline.inputs import InputListError, read_input_entries
 from pipeline.options import (
     SoundNetOptions,
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_usage_error(err)
     use_all_cores(options, args)
+    keep_freed_memory()  # before the runner starts threads or worker processes
 
     # Plan: inputs -> shard tasks, written under the output (or checked against its plan)
     try:

@@ -39,6 +39,14 @@ def test_images_install_requirements_txt_and_the_project_and_nothing_else(docker
     assert users and users[-1] not in {"root", "0", "0:0"}
 
 
+def test_pipeline_image_sets_the_allocator_settings_the_pipeline_applies():
+    from pipeline.allocator import SETTINGS
+
+    text = (REPO / "docker" / "pipeline.Dockerfile").read_text()
+    env = dict(re.findall(r"(MALLOC_\w+)=(\S+)", " ".join(re.findall(r"^ENV (.+)$", text, re.M))))
+    assert env == {variable: str(value) for _, value, variable in SETTINGS}
+
+
 def test_pipeline_image_is_the_pinned_beam_sdk():
     pinned = re.search(
         r"^apache-beam\[?[\w,]*\]?==(\S+)$", (REPO / "requirements.txt").read_text(), flags=re.M
