@@ -233,6 +233,12 @@ def test_a_long_track_is_held_in_a_mapped_file_with_the_same_samples(
     np.testing.assert_array_equal(spilled_tool, tool)
     assert list(tmp_path.iterdir()) == []  # unnamed files: nothing to clean up, even after a kill
 
+    not_a_folder = tmp_path / "full"
+    not_a_folder.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    with pytest.raises(OSError, match=f"decoded audio in a temporary file in {not_a_folder}"):
+        decode.decode_audio(paths[0], infos[paths[0]])
+
 
 # ---------------------------------------------------------------------------------------------
 # frames

@@ -38,15 +38,22 @@ class AudioSpool:
     def write(self, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk, dtype=np.int16).reshape(-1)
         self.size += chunk.size
-        if self.file is None and self.size > self.limit:
-            self.file = tempfile.TemporaryFile(prefix="soundnet-audio-")  # noqa: SIM115 - array() closes it
-            for held in self.chunks:
-                self.file.write(held.data)
-            self.chunks = []
-        if self.file is not None:
-            self.file.write(chunk.data)
-        else:
-            self.chunks.append(chunk)
+        try:
+            if self.file is None and self.size > self.limit:
+                self.file = tempfile.TemporaryFile(prefix="soundnet-audio-")  # noqa: SIM115 - array() closes it
+                for held in self.chunks:
+                    self.file.write(held.data)
+                self.chunks = []
+            if self.file is not None:
+                self.file.write(chunk.data)
+            else:
+                self.chunks.append(chunk)
+        except OSError as err:  # a full disk: say which folder (TMPDIR), not just the errno
+            raise OSError(
+                err.errno,
+                f"cannot hold {self.size / SAMPLE_RATE / 60:.0f} minutes of decoded audio in a "
+                f"temporary file in {tempfile.gettempdir()} (TMPDIR): {err.strerror}",
+            ) from err
 
     def array(self) -> np.ndarray:
         """All the audio written, as one int16 array (read-only once spilled); once only."""
