@@ -31,6 +31,7 @@ import ctypes.util
 import os
 import platform
 
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 KEEP_BYTES = 1 << 30  # freed memory under 1 GiB at the heap's top stays with the process
 # mallopt's parameters (malloc.h) and the environment variables glibc reads at start-up
 SETTINGS = (
@@ -43,7 +44,7 @@ SETTINGS = (
 def keep_freed_memory() -> bool:
     """Apply the settings to this process (once is enough; again is harmless) and to the
     processes it starts. False where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not GLIBC:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     for param, value, variable in SETTINGS:

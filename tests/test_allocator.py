@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from pipeline.allocator import GLIBC
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
-)
+pytestmark = pytest.mark.skipif(not GLIBC, reason="glibc's malloc")
 
 # "Batches" in a worker thread, as Beam's runner threads run the teachers: tensors of a teacher
 # batch's sizes (EfficientNet-Lite0, 32 frames: its input, first and expanded activations, 19 to

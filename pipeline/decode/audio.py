@@ -55,7 +55,7 @@ def _ffmpeg_audio(path: str, info: MediaInfo, timeout_s: float) -> np.ndarray:
     out, err = run(args, "decode_audio", path, "ffmpeg", timeout_s)
     spool = AudioSpool()  # a long track goes to a temporary file, not the heap
     spool.write(np.frombuffer(memoryview(out)[: len(out) // 2 * 2], dtype="<i2"))
-    del out
+    del out  # a long track's bytes are in the spool's file now: not held twice
     audio = spool.array()
     if audio.size == 0:
         raise InputError(
