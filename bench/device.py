@@ -50,6 +50,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 from schemas import AUDIO_CODECS, INDEX_FILE, SAMPLE_RATE, SHARDS_DIR  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer import main as trainer_main  # noqa: E402
@@ -258,6 +259,7 @@ def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[C
 
 
 def main() -> None:
+    keep_freed_memory()  # as pipeline.run and trainer.main do: the step alone is theirs
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=Path, default=SHARED_VIDEOS)

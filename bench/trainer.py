@@ -42,6 +42,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from models.registry import build_model  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 from schemas import SAMPLE_RATE  # noqa: E402
 from schemas.sample import audio_member, decode_audio, decode_targets  # noqa: E402
 from trainer import data  # noqa: E402
@@ -222,6 +223,7 @@ def train_step_rate(model: torch.nn.Module, batch: dict, device: torch.device, s
 
 
 def main() -> None:
+    keep_freed_memory()  # as trainer.main does: the step (and loader) measured are its own
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="as trainer.main's --shards")
     p.add_argument("--arch", default="soundnet8", choices=("soundnet8", "soundnet5"))

@@ -17,10 +17,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 # the project itself, as a package (its dependencies are the pinned ones above)
 COPY pyproject.toml README.md ./
 COPY schemas/ schemas/
+COPY runtime/ runtime/
 COPY pipeline/ pipeline/
 RUN pip install --no-cache-dir --no-deps .
 
-# glibc's malloc keeps freed memory for the next teacher batch (pipeline/allocator.py): set here,
+# glibc's malloc keeps freed memory for the next teacher batch (runtime/allocator.py): set here,
 # every worker process a runner starts begins with it
 ENV MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_ARENA_MAX=1
 

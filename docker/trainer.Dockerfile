@@ -15,10 +15,15 @@ RUN pip install --no-cache-dir -r requirements.txt
 # the project itself, as a package (its dependencies are the pinned ones above)
 COPY pyproject.toml README.md ./
 COPY schemas/ schemas/
+COPY runtime/ runtime/
 COPY models/ models/
 COPY trainer/ trainer/
 COPY eval/ eval/
 RUN pip install --no-cache-dir --no-deps .
+
+# glibc's malloc keeps freed memory for the next CPU step or batch (runtime/allocator.py): set
+# here, every process torchrun starts begins with it
+ENV MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_ARENA_MAX=1
 
 RUN groupadd --gid 1000 soundnet && useradd --create-home --uid 1000 --gid 1000 soundnet
 USER 1000:1000

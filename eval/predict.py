@@ -31,6 +31,7 @@ from models.layers import scale_waveform
 from models.pretrained import load_pretrained
 from models.soundnet import TRAINING_CROP_SAMPLES
 from models.weights import PretrainedError
+from runtime import keep_freed_memory
 from schemas import SAMPLE_RATE
 
 BATCH = 8  # segments per forward pass: bounded memory for long videos
@@ -98,6 +99,7 @@ def format_text(path: str, result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # first: each batch's activations reused, not faulted in afresh
     p = argparse.ArgumentParser(
         prog="python -m eval.predict",
         description=__doc__,

@@ -33,6 +33,7 @@ from eval.svm import PAPER_C, PROTOCOLS, FoldResult, clip_samples, cross_validat
 from models.checkpoint import CheckpointError
 from models.pretrained import load_pretrained
 from models.weights import PretrainedError
+from runtime import keep_freed_memory
 from schemas.io import write_text_atomic
 
 
@@ -183,6 +184,7 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # first: each batch's activations reused, not faulted in afresh
     args = parse_args(argv)
     try:
         results = evaluate(args)

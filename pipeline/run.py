@@ -27,7 +27,6 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner
 
 from pipeline import decode, files, progress
-from pipeline.allocator import keep_freed_memory
 from pipeline.inputs import InputListError, read_input_entries
 from pipeline.options import (
     SoundNetOptions,
@@ -47,6 +46,7 @@ from pipeline.teachers import (
     usable_device,
 )
 from pipeline.transforms import WriteShardTasks
+from runtime import keep_freed_memory
 from schemas import FAILURES_FILE, RUN_FILE, SCHEMA_VERSION, format_labels, labels_path
 
 log = logging.getLogger("pipeline")
@@ -87,6 +87,7 @@ def content_options(
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # first: before the runner starts threads or worker processes
     setup_logging()
     started = time.time()
     args = list(argv if argv is not None else sys.argv[1:])
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_usage_error(err)
     use_all_cores(options, args)
-    keep_freed_memory()  # before the runner starts threads or worker processes
 
     # Plan: inputs -> shard tasks, written under the output (or checked against its plan)
     try:

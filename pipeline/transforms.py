@@ -18,10 +18,10 @@ from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from pipeline.allocator import keep_freed_memory
 from pipeline.plan import ShardTask
 from pipeline.task import RunSettings, TaskSummary, TaskWriter
 from pipeline.teachers.handler import TeacherModelHandler
+from runtime import keep_freed_memory
 
 log = logging.getLogger("pipeline")
 
@@ -30,7 +30,7 @@ class TeacherSet:
     """A worker process's teacher models, one per head, shared by its threads."""
 
     def __init__(self, settings: RunSettings):
-        keep_freed_memory()  # this process's batches reuse their memory (pipeline/allocator.py)
+        keep_freed_memory()  # this process's batches reuse their memory (runtime/allocator.py)
         self.handlers = {
             info.head: TeacherModelHandler(info, settings.device) for info in settings.teachers
         }

@@ -1,4 +1,4 @@
-"""pipeline/allocator.py: freed batches are reused, not mapped and faulted in afresh."""
+"""runtime/allocator.py: freed batches are reused, not mapped and faulted in afresh."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from pipeline.allocator import GLIBC
+from runtime import GLIBC
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not GLIBC, reason="glibc's malloc")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not GLIBC, reason="glibc's malloc")
 BATCHES = textwrap.dedent("""
     import json, os, resource, sys, threading
     import torch
-    from pipeline.allocator import keep_freed_memory
+    from runtime import keep_freed_memory
     kept = sys.argv[1] == "kept" and keep_freed_memory()
     faults = []
     def batches():
@@ -69,3 +69,29 @@ def test_settings_a_user_put_in_the_environment_are_kept():
     got = batches("kept", MALLOC_ARENA_MAX="4")
     assert got["env"]["MALLOC_ARENA_MAX"] == "4"
     assert got["env"]["MALLOC_MMAP_MAX_"] == "0"
+
+
+# Each program's main, asked only for its help: the settings come first, before any option is read
+# (and so before any thread or worker process is made).
+PROGRAMS = textwrap.dedent("""
+    import contextlib, importlib, io, json, os, sys
+    applied = {}
+    for name in sys.argv[1:]:
+        for variable in [v for v in os.environ if v.startswith("MALLOC_")]:
+            del os.environ[variable]
+        main = importlib.import_module(name).main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main(["--help"])
+        applied[name] = os.environ.get("MALLOC_MMAP_MAX_")
+    print(json.dumps(applied))
+""")
+
+
+def test_every_program_applies_the_settings_first():
+    programs = ["pipeline.run", "trainer.main", "eval.run", "eval.predict"]
+    scripts = (REPO / "pyproject.toml").read_text()
+    assert all(f'"{name}:main"' in scripts for name in programs)  # the installed commands too
+    proc = subprocess.run([sys.executable, "-c", PROGRAMS, *programs], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == dict.fromkeys(programs, "0")

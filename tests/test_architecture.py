@@ -1,6 +1,7 @@
 """The import directions of README's Architecture section, read from the source with `ast`:
 
     schemas/   imports no stage
+    runtime/   imports nothing of the project (how a process uses its machine)
     pipeline/  schemas only (knows nothing of the student)
     models/    schemas only
     trainer/   models, schemas
@@ -19,7 +20,8 @@ import pytest
 from tests.conftest import REPO
 
 FORBIDDEN = {
-    "schemas": {"pipeline", "models", "trainer", "eval", "recipes"},
+    "schemas": {"runtime", "pipeline", "models", "trainer", "eval", "recipes"},
+    "runtime": {"schemas", "pipeline", "models", "trainer", "eval", "recipes"},
     "pipeline": {"models", "trainer", "eval", "recipes"},
     "models": {"pipeline", "trainer", "eval", "recipes"},
     "trainer": {"pipeline", "eval", "recipes"},

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO
+from tests.test_architecture import import_graph
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 
@@ -39,10 +40,11 @@ def test_images_install_requirements_txt_and_the_project_and_nothing_else(docker
     assert users and users[-1] not in {"root", "0", "0:0"}
 
 
-def test_pipeline_image_sets_the_allocator_settings_the_pipeline_applies():
-    from pipeline.allocator import SETTINGS
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_set_the_allocator_settings_the_programs_apply(dockerfile):
+    from runtime import SETTINGS
 
-    text = (REPO / "docker" / "pipeline.Dockerfile").read_text()
+    text = dockerfile.read_text()
     env = dict(re.findall(r"(MALLOC_\w+)=(\S+)", " ".join(re.findall(r"^ENV (.+)$", text, re.M))))
     assert env == {variable: str(value) for _, value, variable in SETTINGS}
 
@@ -82,3 +84,9 @@ def test_the_project_installs_from_what_the_image_copies(dockerfile, tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("soundnet-*.whl")
     packages = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert copied and copied <= packages
+    # and what the copied packages import of the project is copied too
+    graph = import_graph(REPO)
+    imported = {t.split(".")[0] for m, ts in graph.items() if m.split(".")[0] in copied for t in ts}
+    assert imported <= copied, (
+        f"{dockerfile.name} copies {sorted(copied)}, needs {sorted(imported)}"
+    )

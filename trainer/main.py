@@ -40,6 +40,7 @@ from tqdm import tqdm
 from models.pretrained import load_pretrained
 from models.registry import ARCHS, DEFAULT_ARCH, build_model
 from models.soundnet import SoundNet
+from runtime import keep_freed_memory
 from schemas import SAMPLE_RATE, FrameIntervalError, frames_per_step
 from schemas.io import write_text_atomic
 from trainer import data
@@ -277,6 +278,7 @@ def nonfinite_step(
 
 def main(argv: list[str] | None = None) -> None:
     # --- options, and this process's place in the run
+    keep_freed_memory()  # first: a CPU step's activations reused, not faulted in afresh
     args = build_parser().parse_args(argv)
     rank, world, device = setup_device(args.device)
     is_main = rank == 0
