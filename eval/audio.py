@@ -2,6 +2,8 @@
 
 soundfile reads WAV/FLAC/OGG/MP3 quickly in-process; everything else (video containers, AAC,
 Opus in WebM, ...) is decoded by ffmpeg in a subprocess, which also mixes down and resamples.
+Like the pipeline's decoders, both read only regular files, and ffmpeg only the formats
+schemas/media.py allows: a playlist that names a named pipe would block ffmpeg for good.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from schemas import SAMPLE_RATE
+from schemas.media import input_options, refusal
 
 
 class AudioError(ValueError):
@@ -23,7 +26,12 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 samples in [-1, 1] at `sample_rate`, all channels mixed down."""
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"{path}: no such file")
+        what = (
+            "not a regular file (a named pipe, device or folder)"
+            if path.exists()
+            else "no such file"
+        )
+        raise AudioError(f"{path}: {what}")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
         wave = data.mean(axis=1)
@@ -39,14 +47,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def _ffmpeg_decode(path: Path, sample_rate: int) -> np.ndarray:
-    stream = ffmpeg.input(str(path)).output(
+    stream = ffmpeg.input(str(path), **input_options()).output(
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0"
     )
     try:
-        out, _ = stream.run(cmd="ffmpeg", capture_stdout=True, capture_stderr=True, quiet=True)
+        out, _ = stream.run(cmd=["ffmpeg", "-nostdin"], capture_stdout=True, capture_stderr=True,
+                            quiet=True)  # fmt: skip
     except ffmpeg.Error as err:
         lines = [ln for ln in err.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        reason = lines[-1] if lines else "ffmpeg failed"
+        reason = refusal(err.stderr) or (lines[-1] if lines else "ffmpeg failed")
         if "matches no streams" in reason:
             reason = "no audio stream"
         raise AudioError(f"{path}: cannot decode audio ({reason})") from err

@@ -71,6 +71,25 @@ def run_module(
     )
 
 
+def blocking_inputs(folder: Path) -> dict[str, Path]:
+    """Inputs that would block a reader for good: a named pipe nobody writes to, and regular
+    files whose content (whatever their name) makes FFmpeg open that pipe."""
+    folder.mkdir()
+    pipe = folder / "nobody-writes.fifo"  # not a media name: listed only through the playlists
+    os.mkfifo(pipe)
+    inputs = {
+        "named pipe": folder / "pipe.mp4",
+        "concat list": folder / "list.mp4",
+        "HLS playlist": folder / "playlist.mkv",
+    }
+    os.mkfifo(inputs["named pipe"])
+    inputs["concat list"].write_text(f"ffconcat version 1.0\nfile {pipe.name}\n")
+    inputs["HLS playlist"].write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{pipe.name}\n#EXT-X-ENDLIST\n"
+    )
+    return inputs
+
+
 def run_pipeline(*args: str) -> int:
     """Run `python -m pipeline.run` in-process (the real DirectRunner)."""
     from pipeline import run

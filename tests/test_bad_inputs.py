@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, read_table
-from tests.conftest import REPO, run_module, write_report
+from tests.conftest import REPO, blocking_inputs, run_module, write_report
 
 GOOD_CLIP = "mdn-sa_tears-of-steel-battle-clip-medium.webm"  # 70 s, VP8/Vorbis
 MP4_CLIP = "videollama_dog_barking.mp4"  # 7 s H.264/AAC, moov atom first
@@ -171,25 +171,6 @@ def test_bad_input_corpus_as_a_directory_and_as_a_list(shared_videos, tmp_path):
             },
         },
     )
-
-
-def blocking_inputs(folder: Path) -> dict[str, Path]:
-    """Inputs that would block a reader for good: a named pipe nobody writes to, and regular
-    files whose content (whatever their name) makes FFmpeg open that pipe."""
-    folder.mkdir()
-    pipe = folder / "nobody-writes.fifo"  # not a media name: listed only through the playlists
-    os.mkfifo(pipe)
-    inputs = {
-        "named pipe": folder / "pipe.mp4",
-        "concat list": folder / "list.mp4",
-        "HLS playlist": folder / "playlist.mkv",
-    }
-    os.mkfifo(inputs["named pipe"])
-    inputs["concat list"].write_text(f"ffconcat version 1.0\nfile {pipe.name}\n")
-    inputs["HLS playlist"].write_text(
-        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{pipe.name}\n#EXT-X-ENDLIST\n"
-    )
-    return inputs
 
 
 def test_inputs_that_would_block_a_reader_fail_at_once_and_the_run_goes_on(tmp_path):

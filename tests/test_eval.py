@@ -25,6 +25,7 @@ from models.pretrained import load_pretrained
 from models.registry import build_model
 from models.weights import FETCH_COMMAND, original_checkpoint_path
 from schemas import SAMPLE_RATE
+from tests.conftest import blocking_inputs, run_module
 from trainer import main as trainer_main
 
 ESC10_CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
@@ -282,6 +283,22 @@ def test_trainer_checkpoints_run_end_to_end(
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert set(result["heads"]) == {"objects", "scenes"}
     assert len(result["heads"]["scenes"]["clip"]) == 5
+
+
+def test_predict_refuses_inputs_that_would_block_it_at_once(tmp_path: Path) -> None:
+    """A named pipe, and a concat list or HLS playlist naming one (read by ffmpeg, which would
+    wait on the pipe for good), each fail with their reason; the run ends (the timeout here is
+    only the test's guard)."""
+    inputs = blocking_inputs(tmp_path / "in")
+    proc = run_module("eval.predict", "--checkpoint=random:soundnet8", "--json",
+                      *map(str, inputs.values()), timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = {r["file"]: r["error"] for r in json.loads(proc.stdout)["results"]}
+    assert errors.keys() == {str(p) for p in inputs.values()}
+    assert "not a regular file" in errors[str(inputs["named pipe"])]
+    assert "in the concat format" in errors[str(inputs["concat list"])]
+    assert "in the hls format" in errors[str(inputs["HLS playlist"])]
+    assert all(Path(path).name in error for path, error in errors.items())
 
 
 def test_predict_on_real_videos_tiles_short_clips_and_reports_bad_files(

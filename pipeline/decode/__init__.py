@@ -7,7 +7,8 @@
 
 In-process through PyAV (libav.py), with the ffprobe/ffmpeg tools (tools.py, ffmpeg_frames.py)
 taking over wherever PyAV cannot be trusted (dispatch.py); both open only regular files, in the
-formats formats.py allows (no playlist or stream description that names other files or URLs).
+formats schemas/media.py allows (no playlist or stream description that names other files or
+URLs).
 Every problem with an input raises
 `InputError(stage, message)`, the message naming the file and saying what is wrong in words a
 person understands; raw ffmpeg/PyAV errors never escape.

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from pipeline.decode.formats import input_options, tool_args
 from pipeline.decode.media_info import MediaInfo, number
 from pipeline.decode.tools import FFMPEG, FFPROBE, ffmpeg_reason, run, stream_map
 from pipeline.errors import InputError
+from schemas.media import input_options, tool_args
 
 # At most this many times per ffmpeg call, so the select expression stays short and each call
 # reads only the stretch of the file it needs.

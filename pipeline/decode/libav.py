@@ -7,7 +7,7 @@ than decoding a short clip. Every function raises `Unfit` when a file is not pla
 step with the ffprobe/ffmpeg command-line tools, whose behaviour on broken files, timeouts and
 error messages the pipeline is built around. Decoding that runs past its time limit raises
 `TimedOut` (checked between packets and frames: a call that hangs inside libav is not caught).
-Regular files only, in the formats pipeline/decode/formats.py allows: opening a named pipe, or a
+Regular files only, in the formats schemas/media.py allows: opening a named pipe, or a
 playlist that names one, could block here with no timeout.
 """
 
@@ -25,9 +25,9 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from pipeline.decode.formats import input_options
 from pipeline.decode.spool import AudioSpool
 from schemas import SAMPLE_RATE
+from schemas.media import input_options
 
 _KEYFRAME = 1  # AVINDEX_KEYFRAME
 _SKIP_NONREF_BEFORE_S = 1.0

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
-from pipeline.decode.formats import tool_args
 from pipeline.decode.tools import FFPROBE, check_file, run
 from pipeline.errors import InputError
+from schemas.media import tool_args
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import re
 import stat
 import subprocess
 
-from pipeline.decode.formats import refusal
 from pipeline.errors import InputError
+from schemas.media import refusal
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"

@@ -1,6 +1,7 @@
-"""The input formats the decoders open: every demuxer FFmpeg has but those whose input names other
-files, devices or network streams, and only through the `file` protocol. PyAV and the ffmpeg
-tools get the same options (`input_options`).
+"""The media formats every decoder opens (the pipeline's, and eval's for datasets and
+`eval.predict`): every demuxer FFmpeg has but those whose input names other files, devices or
+network streams, and only through the `file` protocol. PyAV and the ffmpeg tools get the same
+options (`input_options`).
 
 FFmpeg detects a format by its content, whatever the file's name, and a playlist or a stream
 session then makes it open what it names, inside its own calls, where no timeout reaches: a
