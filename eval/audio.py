@@ -3,11 +3,14 @@
 soundfile reads WAV/FLAC/OGG/MP3 quickly in-process; everything else (video containers, AAC,
 Opus in WebM, ...) is decoded by ffmpeg in a subprocess, which also mixes down and resamples.
 Like the pipeline's decoders, both read only regular files, and ffmpeg only the formats
-schemas/media.py allows: a playlist that names a named pipe would block ffmpeg for good.
+schemas/media.py allows: a playlist that names a named pipe would block ffmpeg for good. An
+ffmpeg that still does not finish (a stalled network file system) is stopped after
+`FFMPEG_TIMEOUT_S`, and the file fails with that reason.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import ffmpeg
@@ -16,6 +19,8 @@ import soundfile as sf
 
 from schemas import SAMPLE_RATE
 from schemas.media import input_options, refusal
+
+FFMPEG_TIMEOUT_S = 600.0  # the pipeline's --decode-timeout default
 
 
 class AudioError(ValueError):
@@ -50,16 +55,18 @@ def _ffmpeg_decode(path: Path, sample_rate: int) -> np.ndarray:
     stream = ffmpeg.input(str(path), **input_options()).output(
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0"
     )
-    try:
-        out, _ = stream.run(cmd=["ffmpeg", "-nostdin"], capture_stdout=True, capture_stderr=True,
-                            quiet=True)  # fmt: skip
-    except ffmpeg.Error as err:
-        lines = [ln for ln in err.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        reason = refusal(err.stderr) or (lines[-1] if lines else "ffmpeg failed")
+    command = stream.compile(cmd=["ffmpeg", "-nostdin"])
+    try:  # killed at the timeout
+        done = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise AudioError(f"{path}: ffmpeg did not finish in {FFMPEG_TIMEOUT_S:g} s") from err
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        reason = refusal(done.stderr) or (lines[-1] if lines else "ffmpeg failed")
         if "matches no streams" in reason:
             reason = "no audio stream"
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from err
-    return np.frombuffer(out, dtype=np.float32)
+        raise AudioError(f"{path}: cannot decode audio ({reason})")
+    return np.frombuffer(done.stdout, dtype=np.float32)
 
 
 def tile(wave: np.ndarray, num_samples: int) -> np.ndarray:

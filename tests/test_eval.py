@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 from shardfactory import factory_output  # noqa: F401  (a fixture)
 
-from eval import hear, predict
+from eval import audio, hear, predict
 from eval import run as eval_run
 from eval.audio import AudioError, load_audio, tile
 from eval.datasets import DatasetError, esc50, generic, load_dataset
@@ -152,6 +152,24 @@ def test_audio_from_video_and_bad_files(shared_videos: Path, tmp_path: Path) -> 
         load_audio(tmp_path / "absent.wav")
     assert tile(np.arange(3.0), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert len(tile(np.arange(9.0), 7)) == 9  # long clips are kept whole
+
+
+def test_an_ffmpeg_that_hangs_is_stopped_and_its_file_fails(tmp_path: Path, monkeypatch) -> None:
+    """As on a stalled network file system: the ffmpeg eval asks never answers; the file fails
+    after the timeout, with that reason, and the ffmpeg is gone."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "ffmpeg").write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 600\n")
+    (tools / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(audio, "FFMPEG_TIMEOUT_S", 2.0)
+    clip = tmp_path / "stuck.mp4"
+    clip.write_bytes(os.urandom(10_000))  # not for libsndfile: ffmpeg is asked
+    with pytest.raises(AudioError, match=r"stuck\.mp4: ffmpeg did not finish in 2 s"):
+        load_audio(clip)
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
 
 
 # --------------------------------------------------------------------------- SVM protocols
