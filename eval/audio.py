@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from schemas import SAMPLE_RATE
-from schemas.media import input_options, refusal
+from schemas.media import ffmpeg_reason, input_options, refusal
 
 FFMPEG_TIMEOUT_S = 600.0  # the pipeline's --decode-timeout default
 
@@ -55,14 +55,13 @@ def _ffmpeg_decode(path: Path, sample_rate: int) -> np.ndarray:
     stream = ffmpeg.input(str(path), **input_options()).output(
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0"
     )
-    command = stream.compile(cmd=["ffmpeg", "-nostdin"])
+    command = stream.compile(cmd=["ffmpeg", "-nostdin", "-hide_banner", "-v", "level+error"])
     try:  # killed at the timeout
         done = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as err:
         raise AudioError(f"{path}: ffmpeg did not finish in {FFMPEG_TIMEOUT_S:g} s") from err
     if done.returncode != 0:
-        lines = [ln for ln in done.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        reason = refusal(done.stderr) or (lines[-1] if lines else "ffmpeg failed")
+        reason = refusal(done.stderr) or ffmpeg_reason(done.stderr, str(path))
         if "matches no streams" in reason:
             reason = "no audio stream"
         raise AudioError(f"{path}: cannot decode audio ({reason})")

@@ -1,7 +1,8 @@
 """The media formats every decoder opens (the pipeline's, and eval's for datasets and
 `eval.predict`): every demuxer FFmpeg has but those whose input names other files, devices or
 network streams, and only through the `file` protocol. PyAV and the ffmpeg tools get the same
-options (`input_options`).
+options (`input_options`), and the same reading of their logs: why a tool refused an input
+(`refusal`), what else went wrong (`ffmpeg_reason`).
 
 FFmpeg detects a format by its content, whatever the file's name, and a playlist or a stream
 session then makes it open what it names, inside its own calls, where no timeout reaches: a
@@ -61,3 +62,23 @@ def refusal(stderr: bytes) -> str | None:
         "streams or devices for the decoder to open: not read (to use what it names, remux "
         "that into one file first)"
     )
+
+
+_MAX_MESSAGE_CHARS = 300
+_LOG_LINE = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)?\[(\w+)\]\s*(.*)$")
+_LEVELS = ("fatal", "error", "warning")
+
+
+def ffmpeg_reason(stderr: bytes, path: str) -> str:
+    """The telling line of an ffmpeg/ffprobe log written with `-v level+...`: the last fatal
+    message, else the last error, else the last warning; without the path and log prefixes."""
+    found: dict[str | None, str] = {}
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        match = _LOG_LINE.match(line.strip())
+        level, text = (match.group(1), match.group(2)) if match else (None, line.strip())
+        if text and text != "Conversion failed!" and not text.startswith("Svt["):
+            found[level] = text
+    reason = next((found[lv] for lv in (*_LEVELS, None) if lv in found), "no error message")
+    if reason.startswith(path + ":"):
+        reason = reason[len(path) + 1 :].strip()
+    return reason[:_MAX_MESSAGE_CHARS]

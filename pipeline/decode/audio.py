@@ -12,10 +12,10 @@ import pipeline.decode.libav as libav
 from pipeline.decode.dispatch import pyav_or_tools
 from pipeline.decode.media_info import MediaInfo
 from pipeline.decode.spool import AudioSpool
-from pipeline.decode.tools import FFMPEG, check_file, ffmpeg_reason, run, stream_map
+from pipeline.decode.tools import FFMPEG, check_file, run, stream_map
 from pipeline.errors import InputError
 from schemas import SAMPLE_RATE
-from schemas.media import input_options
+from schemas.media import ffmpeg_reason, input_options
 
 
 def decode_audio(path: str, info: MediaInfo, timeout_s: float = 300) -> np.ndarray:

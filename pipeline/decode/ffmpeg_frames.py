@@ -19,9 +19,9 @@ import ffmpeg
 import numpy as np
 
 from pipeline.decode.media_info import MediaInfo, number
-from pipeline.decode.tools import FFMPEG, FFPROBE, ffmpeg_reason, run, stream_map
+from pipeline.decode.tools import FFMPEG, FFPROBE, run, stream_map
 from pipeline.errors import InputError
-from schemas.media import input_options, tool_args
+from schemas.media import ffmpeg_reason, input_options, tool_args
 
 # At most this many times per ffmpeg call, so the select expression stays short and each call
 # reads only the stretch of the file it needs.

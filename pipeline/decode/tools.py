@@ -8,18 +8,14 @@ names the file and quotes the telling line of the tool's log.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import subprocess
 
 from pipeline.errors import InputError
-from schemas.media import refusal
+from schemas.media import ffmpeg_reason, refusal
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
-_MAX_MESSAGE_CHARS = 300
-_LOG_LINE = re.compile(r"^(?:\[[^\]]+ @ 0x[0-9a-f]+\]\s*)?\[(\w+)\]\s*(.*)$")
-_LEVELS = ("fatal", "error", "warning")
 
 
 def check_file(path: str, stage: str) -> None:
@@ -46,21 +42,6 @@ _SPECIAL_FILES = (
     (stat.S_ISBLK, "block device"),
     (stat.S_ISSOCK, "socket"),
 )
-
-
-def ffmpeg_reason(stderr: bytes, path: str) -> str:
-    """The telling line of an ffmpeg/ffprobe log written with `-v level+...`: the last fatal
-    message, else the last error, else the last warning; without the path and log prefixes."""
-    found: dict[str | None, str] = {}
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        match = _LOG_LINE.match(line.strip())
-        level, text = (match.group(1), match.group(2)) if match else (None, line.strip())
-        if text and text != "Conversion failed!" and not text.startswith("Svt["):
-            found[level] = text
-    reason = next((found[lv] for lv in (*_LEVELS, None) if lv in found), "no error message")
-    if reason.startswith(path + ":"):
-        reason = reason[len(path) + 1 :].strip()
-    return reason[:_MAX_MESSAGE_CHARS]
 
 
 def run(args: list[str], stage: str, path: str, what: str, timeout_s: float) -> tuple[bytes, bytes]:
