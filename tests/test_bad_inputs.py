@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, read_table
-from tests.conftest import REPO, blocking_inputs, run_module, write_report
+from tests.conftest import REPO, blocking_inputs, noise, run_module, write_report
 
 GOOD_CLIP = "mdn-sa_tears-of-steel-battle-clip-medium.webm"  # 70 s, VP8/Vorbis
 MP4_CLIP = "videollama_dog_barking.mp4"  # 7 s H.264/AAC, moov atom first
@@ -44,7 +44,7 @@ def make_corpus(videos: Path, folder: Path) -> tuple[dict[str, Path], dict[str, 
         "corrupted middle": folder / "corrupt-middle.mp4",
     }
     fail["empty"].write_bytes(b"")
-    fail["random bytes"].write_bytes(os.urandom(200_000))
+    fail["random bytes"].write_bytes(noise(200_000))
     fail["text named .mp4"].write_text("not a video, just text\n" * 100)
     fail["directory named .mp4"].mkdir()
     ffmpeg("-i", str(videos / MP4_CLIP), "-an", "-c", "copy", str(fail["video without audio"]))
@@ -54,7 +54,7 @@ def make_corpus(videos: Path, folder: Path) -> tuple[dict[str, Path], dict[str, 
     fail["truncated at 50%"].write_bytes(mp4[: len(mp4) // 2])
     middle = bytearray(mp4)
     start = len(middle) // 3
-    middle[start : start + len(middle) // 3] = os.urandom(len(middle) // 3)
+    middle[start : start + len(middle) // 3] = noise(len(middle) // 3)
     fail["corrupted middle"].write_bytes(bytes(middle))
 
     write = {
@@ -208,7 +208,7 @@ def test_a_decoder_that_hangs_times_out_instead_of_stalling_the_run(tmp_path):
     (tools / "ffprobe").chmod(0o755)
     (tmp_path / "in").mkdir()
     stuck = tmp_path / "in" / "stuck.mp4"
-    stuck.write_bytes(os.urandom(100_000))  # PyAV finds no format: the tools are asked
+    stuck.write_bytes(noise(100_000))  # PyAV finds no format: the tools are asked
     good = tmp_path / "in" / "good.webm"
     shutil.copy(REPO / "samples" / "videos" / "mdn-ie_stream-of-water.webm", good)
     out = tmp_path / "out"

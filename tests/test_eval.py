@@ -25,7 +25,7 @@ from models.pretrained import load_pretrained
 from models.registry import build_model
 from models.weights import FETCH_COMMAND, original_checkpoint_path
 from schemas import SAMPLE_RATE
-from tests.conftest import blocking_inputs, run_module
+from tests.conftest import blocking_inputs, noise, run_module
 from trainer import main as trainer_main
 
 ESC10_CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
@@ -164,7 +164,7 @@ def test_an_ffmpeg_that_hangs_is_stopped_and_its_file_fails(tmp_path: Path, monk
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(audio, "FFMPEG_TIMEOUT_S", 2.0)
     clip = tmp_path / "stuck.mp4"
-    clip.write_bytes(os.urandom(10_000))  # not for libsndfile: ffmpeg is asked
+    clip.write_bytes(noise(10_000))  # not for libsndfile: ffmpeg is asked
     with pytest.raises(AudioError, match=r"stuck\.mp4: ffmpeg did not finish in 2 s"):
         load_audio(clip)
     pid = int((tmp_path / "pid").read_text())
