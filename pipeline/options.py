@@ -115,8 +115,9 @@ class SoundNetOptions(PipelineOptions):
             dest="audio_codec",
             choices=AUDIO_CODECS,
             default=DEFAULT_AUDIO_CODEC,
-            help="the shards' audio: flac (half the bytes; the loader decodes it, about 100 "
-            "20 s samples/s a core) or pcm16 (raw int16: costs no decoding, for GPU training)",
+            help="the shards' audio: flac (about 0.6 of pcm16's bytes on real sound; the "
+            "loader decodes it, about 500 20 s samples/s a core) or pcm16 (raw int16, 44.1 kB "
+            "an audio-second: costs no decoding, for GPU training with few cores a GPU)",
         )
         add(
             "--decode-timeout",
