@@ -13,10 +13,12 @@ Beam) runs where Beam is not installed.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import posixpath
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -61,10 +63,27 @@ def size_and_mtime(path: str) -> tuple[int, float]:
     return meta.size_in_bytes, meta.last_updated_in_seconds
 
 
-def listing(pattern: str) -> list[str]:
-    """The paths matching a glob, sorted; temporaries left out."""
-    found = _filesystems().match([pattern])[0].metadata_list
-    return sorted(m.path for m in found if TMP_MARKER not in m.path)
+# Beam compiles an escaped '[' ('[[]') into a regular expression that Python warns about
+warnings.filterwarnings(
+    "ignore", "Possible nested set", FutureWarning, module="apache_beam.io.filesystem"
+)
+
+
+def as_pattern(path: str) -> str:
+    """`path` as a file pattern that matches only itself: a folder named 'clips [2016]' holds
+    no character class."""
+    return glob.escape(path)
+
+
+def listing(folder: str, name_pattern: str) -> list[str]:
+    """The files in `folder` whose names match `name_pattern` (a glob), sorted; temporaries
+    left out. The folder's own name is literal."""
+    if is_remote(folder):
+        found = _filesystems().match([join(as_pattern(folder), name_pattern)])[0].metadata_list
+        paths = [m.path for m in found]
+    else:  # one directory read, not Beam's recursive walk with a stat of every file
+        paths = glob.glob(os.path.join(as_pattern(folder), name_pattern))
+    return sorted(p for p in paths if TMP_MARKER not in p)
 
 
 def temporary_name(path: str) -> str:
@@ -96,13 +115,16 @@ def growing_file(path: str) -> Iterator[BinaryIO]:
         with contextlib.suppress(Exception):
             stream.close()
         with contextlib.suppress(Exception):
-            _filesystems().delete([tmp])
+            delete([tmp])
         raise
 
 
 def delete(paths: list[str]) -> None:
-    if paths:
-        _filesystems().delete(paths)
+    local = [p for p in paths if not is_remote(p)]
+    for path in local:  # by name: Beam's local delete takes each path for a glob
+        os.remove(path)
+    if remote := [p for p in paths if is_remote(p)]:
+        _filesystems().delete(remote)
 
 
 def read_bytes(path: str) -> bytes:

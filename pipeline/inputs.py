@@ -9,6 +9,7 @@ installed. The order is deterministic, so that a rerun plans every video into th
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -64,7 +65,7 @@ def _is_remote(uri: str) -> bool:
 
 def _list_directory(root: str) -> list[str]:
     if _is_remote(root):
-        pattern = root.rstrip("/") + "/**"
+        pattern = glob.escape(root.rstrip("/")) + "/**"
         return sorted(
             m.path for m in FileSystems.match([pattern])[0].metadata_list if is_media_name(m.path)
         )
@@ -115,8 +116,10 @@ def _read_manifest(path: str) -> list[tuple[str, str | None]]:
 def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
     """(uri, explicit id or None) for every input named by `spec`, in a deterministic order."""
     lower = spec.lower()
-    is_glob = any(c in spec for c in GLOB_CHARS)
-    if not _is_remote(spec) and not is_glob and not Path(spec).exists():
+    # a path that exists is itself, even when its name has brackets ('Title [id].mp4')
+    exists = FileSystems.exists(spec) if _is_remote(spec) else Path(spec).exists()
+    is_glob = not exists and any(c in spec for c in GLOB_CHARS)
+    if not _is_remote(spec) and not is_glob and not exists:
         raise InputListError(f"--input {spec!r} does not exist")
     if is_glob:
         entries = [(u, None) for u in _glob(spec)]
@@ -131,6 +134,11 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
     else:
         raise InputListError(
             f"--input {spec!r}: not a directory, glob, .txt list, CSV/Parquet manifest or media file"
+        )
+    if not entries and is_glob:
+        raise InputListError(
+            f"--input {spec!r}: the glob matches no file ('[' starts a set of characters: "
+            "write '[[]' for a bracket in a name)"
         )
     if not entries:
         kinds = ", ".join(f".{e}" for e in sorted(MEDIA_EXTENSIONS)[:6])

@@ -156,7 +156,7 @@ def write_pending(output: str, plan: Plan, finished: set[int]) -> str:
 
 def remove_pending(output: str) -> None:
     """The task lists of earlier (killed) runs and of this one."""
-    files.delete(files.listing(plan_path(output, f"{PENDING_PREFIX}*.parquet")))
+    files.delete(files.listing(files.join(output, PLAN_DIR), f"{PENDING_PREFIX}*.parquet"))
 
 
 def read_task_videos(task: ShardTask) -> list[PlannedVideo]:

@@ -39,8 +39,12 @@ def shard_stem(task: int, part: int) -> str:
     return shard_name(task, part).removesuffix(".tar")
 
 
+def _folder(output: str, kind: str) -> str:
+    return files.join(output, PROGRESS_DIR, kind)
+
+
 def _path(output: str, kind: str, name: str) -> str:
-    return files.join(output, PROGRESS_DIR, kind, name)
+    return files.join(_folder(output, kind), name)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def record_task(output: str, task: int) -> None:
 
 def last_shard(output: str, task: int) -> ShardDone | None:
     """The task's last finished shard (a rerun goes on after it), or None."""
-    markers = files.listing(_path(output, "done", f"shard-{task:06d}-*.json"))
+    markers = files.listing(_folder(output, "done"), f"shard-{task:06d}-*.json")
     if not markers:
         return None
     raw = json.loads(files.read_bytes(markers[-1]))
@@ -92,7 +96,7 @@ def last_shard(output: str, task: int) -> ShardDone | None:
 
 def finished_tasks(output: str) -> set[int]:
     """One listing: the tasks whose every shard is finished."""
-    markers = files.listing(_path(output, "done", "task-*.json"))
+    markers = files.listing(_folder(output, "done"), "task-*.json")
     return {int(m.rsplit("task-", 1)[1].removesuffix(".json")) for m in markers}
 
 
@@ -142,7 +146,7 @@ def _concatenate(output: str, kind: str, name: str, schema: pa.Schema, count) ->
     ):
         pending: list[pa.Table] = []
         rows = 0
-        for path in files.listing(_path(output, kind, "shard-*.parquet")):
+        for path in files.listing(_folder(output, kind), "shard-*.parquet"):
             table = files.read_parquet(path, schema)
             count(table)
             pending.append(table)

@@ -18,6 +18,7 @@ from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
+from pipeline import files
 from pipeline.plan import ShardTask
 from pipeline.task import RunSettings, TaskSummary, TaskWriter
 from pipeline.teachers.handler import TeacherModelHandler
@@ -84,7 +85,7 @@ class WriteShardTasks(beam.PTransform):
     def expand(self, pipeline):
         return (
             pipeline
-            | "ReadTasks" >> ReadFromParquet(self.tasks_file)
+            | "ReadTasks" >> ReadFromParquet(files.as_pattern(self.tasks_file))
             | "AsTasks" >> beam.Map(lambda row: ShardTask(**row)).with_output_types(ShardTask)
             | "Spread" >> beam.Reshuffle()
             | "WriteTasks" >> beam.ParDo(_WriteTaskFn(self.settings)).with_output_types(TaskSummary)

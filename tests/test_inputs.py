@@ -48,6 +48,18 @@ def test_glob_list_and_manifests(tree, tmp_path):
     assert read_input_entries(str(parquet)) == [(str(tree / "c.MKV"), None)]
 
 
+def test_a_path_that_exists_is_not_a_glob(tmp_path):
+    folder = tmp_path / "clips [2016]"
+    folder.mkdir()
+    (folder / "talk [x1].mp4").write_bytes(b"x")
+    want = [(str(folder / "talk [x1].mp4"), None)]
+    assert read_input_entries(str(folder)) == want
+    assert read_input_entries(str(folder / "talk [x1].mp4")) == want
+    assert read_input_entries(str(tmp_path / "clips [[]2016]" / "*.mp4")) == want
+    with pytest.raises(InputListError, match=r"glob matches no file .*'\[\[\]'"):
+        read_input_entries(str(folder / "*.mp4"))
+
+
 def test_bad_input_specs_are_clear_errors(tmp_path):
     with pytest.raises(InputListError, match="does not exist"):
         read_input_entries(str(tmp_path / "nope"))

@@ -25,7 +25,8 @@ from schemas import (
     read_labels,
     read_table,
 )
-from tests.conftest import assert_same_sample, load_teacher, run_module, run_pipeline
+from tests.conftest import REPO, assert_same_sample, load_teacher, run_module, run_pipeline
+from trainer.data import resolve_shards
 
 # Clips whose audio is under --min-segment-seconds=1 (ffprobe durations 0.30 to 0.98 s).
 SHORT_CLIPS = {
@@ -213,6 +214,27 @@ def test_audio_held_in_a_mapped_file_writes_the_same_samples(
     assert {s.metadata.source for s in mine.values()} == {str(shared_videos / n) for n in names}
     for key, sample in mine.items():
         assert_same_sample(sample, samples[key])
+
+
+def test_names_with_brackets_are_names_not_globs(tmp_path):
+    """yt-dlp names downloads 'Title [id].mp4', and users name runs 'exp [v2]': such a folder or
+    file, given as --input, --output or --shards, is itself. (Beam read the output's progress
+    listings, its task list and its deletes as globs: the run failed with a traceback.)"""
+    clips = tmp_path / "clips [2016]"
+    clips.mkdir()
+    video = clips / "friday [abc].mp4"
+    shutil.copy(REPO / "samples" / "videos" / "mdn-ie_friday.mp4", video)
+    out = tmp_path / "out [v2]"
+    for spec in (clips, video):
+        assert run_pipeline(f"--input={spec}", f"--output={out / spec.name}") == 0
+        index = read_table(out / spec.name / "index.parquet", INDEX_SCHEMA)
+        assert index.column("source").to_pylist() == [str(video)]
+        assert not list((out / spec.name / "_plan").glob("pending-*"))
+    shard = next((out / clips.name / "shards").glob("*.tar"))
+    written = shard.stat().st_mtime_ns
+    assert run_pipeline(f"--input={clips}", f"--output={out / clips.name}") == 0
+    assert shard.stat().st_mtime_ns == written  # the rerun found its task finished
+    assert resolve_shards(str(shard)).urls == [str(shard)]
 
 
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):

@@ -121,7 +121,9 @@ def resolve_shards(spec: str) -> ShardSource:
         return ShardSource(urls, _root_of(urls[0]))
     urls = []
     for pattern in wds.shardlists.expand_urls(spec):
-        urls += sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        # a file that exists is itself, even when its path has brackets ('runs [v2]/...')
+        literal = not glob.has_magic(pattern) or Path(pattern).is_file()
+        urls += [pattern] if literal else sorted(glob.glob(pattern))
     present = [u for u in urls if Path(u).is_file()]
     if not present:
         raise ShardSpecError(f"{spec}: no shard files match (looked for {urls[:3]}...)")
