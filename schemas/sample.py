@@ -2,8 +2,9 @@
 
 Members of a sample with key `{video_id}-{segment:04d}`:
   flac        the segment's audio, mono 22050 Hz 16-bit FLAC (audio_codec "flac", the default)
-  pcm16       or instead the same audio as raw little-endian int16 (audio_codec "pcm16"): twice
-              FLAC's bytes, no decoding (np.frombuffer), for readers short of cores
+  pcm16       or instead the same audio as raw little-endian int16 (audio_codec "pcm16"): 1.7
+              times FLAC's bytes on real sound, no decoding (np.frombuffer), for readers short
+              of cores
   {head}.npy  float16 [num_frames, num_classes], one probability row per teacher frame
   json        SampleMetadata
 
@@ -155,11 +156,49 @@ class SampleMetadata:
                 raw.setdefault("frame_interval_s", None)
                 raw.setdefault("audio_codec", DEFAULT_AUDIO_CODEC)
             heads = {name: HeadInfo(**info) for name, info in raw.pop("heads").items()}
-            return cls(heads=heads, **raw)
+            meta = cls(heads=heads, **raw)
         except SampleError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise SampleError(f"{where}: metadata JSON does not match the schema: {err}") from err
+        if wrong := meta._wrongly_typed():
+            raise SampleError(f"{where}: metadata JSON does not match the schema: {wrong}")
+        return meta
+
+    def _wrongly_typed(self) -> str | None:
+        """The first field whose JSON value has the wrong type ('441000' or 441000.0 for a
+        count would fail far from here, in whatever slices or compares it), or None."""
+        for name in ("segment", "num_samples", "sample_rate", "schema_version"):
+            if not _is_int(getattr(self, name)):
+                return f"{name} {getattr(self, name)!r} is not an integer"
+        for name in ("start_s", "duration_s"):
+            if not _is_number(getattr(self, name)):
+                return f"{name} {getattr(self, name)!r} is not a number"
+        if self.frame_interval_s is not None and not (
+            _is_number(self.frame_interval_s) and self.frame_interval_s > 0
+        ):
+            return f"frame_interval_s {self.frame_interval_s!r} is not a positive number"
+        if not isinstance(self.frame_times_s, list) or not all(
+            _is_number(t) for t in self.frame_times_s
+        ):
+            return f"frame_times_s {self.frame_times_s!r} is not a list of numbers"
+        for name in ("video_id", "source", "audio_codec"):
+            if not isinstance(getattr(self, name), str):
+                return f"{name} {getattr(self, name)!r} is not a string"
+        for head, info in self.heads.items():
+            if not (_is_int(info.num_classes) and info.num_classes > 0):
+                return f"heads[{head!r}].num_classes {info.num_classes!r} is not a positive integer"
+        if not isinstance(self.extra, dict):
+            return f"extra {self.extra!r} is not an object"
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -392,7 +431,9 @@ def decode_npy(data: bytes, where: str = "sample") -> np.ndarray:
             return np.frombuffer(data, dtype, count, end).reshape(shape)
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+    # ValueError includes "Object arrays cannot be loaded when allow_pickle=False"; an empty
+    # member is an EOFError, a cut-short one an OSError
+    except (ValueError, EOFError, OSError) as err:
         raise SampleError(f"{where}: refused or unreadable .npy member: {err}") from err
 
 

@@ -1,6 +1,7 @@
 """The shard format and table schemas: round trips, validation, refusal of unsafe content."""
 
 import io
+import json
 import pickle
 
 import numpy as np
@@ -103,6 +104,33 @@ def test_a_pickled_npy_member_is_refused_never_unpickled():
     members["json"] = pickle.dumps({"schema_version": 1})
     with pytest.raises(SampleError):
         decode_sample(members)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("num_samples", "22050"), ("num_samples", 22050.0), ("segment", True), ("start_s", "60"),
+     ("duration_s", None), ("frame_interval_s", 0), ("frame_times_s", ["62.5"]),
+     ("frame_times_s", 62.5), ("video_id", 7), ("heads", {"objects": {"teacher": "t",
+     "weights_sha256": "0", "label_set": "l", "num_classes": "5"}})],
+)  # fmt: skip
+def test_metadata_of_the_wrong_type_is_a_sample_error(field, value):
+    """A count written as '22050' or 22050.0 failed far away (slicing, comparing) and killed the
+    loader; it is the sample's problem, named, like any other."""
+    members = encode_sample(make_sample())
+    raw = json.loads(members["json"])
+    raw[field] = value
+    members["json"] = json.dumps(raw).encode()
+    for decode in (decode_sample, decode_targets):
+        with pytest.raises(SampleError, match=f"clip_1234abcd-0003: metadata .*{field}"):
+            decode(members)
+
+
+@pytest.mark.parametrize("cut", [0, 20, 140])  # empty, in the header, in the data
+def test_an_empty_or_cut_short_npy_member_is_a_sample_error(cut):
+    members = encode_sample(make_sample())
+    members["objects.npy"] = members["objects.npy"][:cut]
+    with pytest.raises(SampleError, match="objects.npy"):
+        decode_targets(members)
 
 
 def test_keys_are_safe_and_parse_back():

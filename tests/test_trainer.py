@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from shardfactory import factory_output  # noqa: F401  (a fixture)
+from shardfactory import factory_output, make_pipeline_output  # noqa: F401  (a fixture)
 
 from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from models.registry import build_model
@@ -200,3 +201,16 @@ def test_bad_options_are_clear_errors(factory_output, tmp_path):  # noqa: F811
         trainer_main.main([*base, "--heads=sky"])
     with pytest.raises(SystemExit, match="no shard files match"):
         trainer_main.main([*base[1:], f"--shards={tmp_path}/none-{{0..3}}.tar"])
+    with pytest.raises(SystemExit, match="^--val-shards: .*no shard files match"):
+        trainer_main.main([*base, f"--val-shards={tmp_path}/none.tar"])
+    # validation shards without a trained head: refused at the start, not at the first
+    # validation (step 1000 by default) with a crash or a 'perfect' score of 0 from 0 samples
+    scenes_only = tmp_path / "scenes-only"
+    make_pipeline_output(scenes_only, 1, [5.0], heads={"scenes": 6})
+    with pytest.raises(SystemExit, match=r"^--val-shards: heads \{'scenes': 6\}.*\['objects'\]"):
+        trainer_main.main([*base, f"--val-shards={scenes_only}"])
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(factory_output, relabelled)
+    (relabelled / "labels" / "objects.txt").write_text("a\nb\nc\n")
+    with pytest.raises(SystemExit, match="^--shards: .*objects.txt has 3 class names"):
+        trainer_main.main([*base[1:], f"--shards={relabelled}"])

@@ -7,8 +7,10 @@ import http.server
 import logging
 import random
 import shutil
+import tarfile
 import threading
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,13 @@ import torch
 import webdataset as wds
 from shardfactory import clips, factory_output, make_samples  # noqa: F401  (a fixture)
 
+from models.registry import build_model
 from schemas import SampleError, SampleMetadata, encode_sample
 from trainer import data
 from trainer.data import DEFAULT_STEP_SAMPLES as STEP_SAMPLES
 from trainer.data import crop_steps, make_loader, resolve_shards
+from trainer.stats import Prior
+from trainer.validate import validate
 
 # ---------------------------------------------------------------------------------------------
 # Crops: audio step i must always come with teacher row i
@@ -250,6 +255,86 @@ def test_all_shards_unreadable_is_an_error_not_a_hang(tmp_path):
         next(iter(loader))
 
 
+def write_shard(path: Path, members: list[dict]) -> Path:
+    with wds.TarWriter(str(path)) as sink:
+        for sample in members:
+            sink.write(sample)
+    return path
+
+
+def torn_flac(samples) -> list[dict]:
+    return [{**m, "flac": m["flac"][:100]} for m in map(encode_sample, samples)]
+
+
+def test_a_stream_of_bad_samples_is_an_error_not_a_hang(tmp_path):
+    """Every sample's audio torn: skipping them one by one went on for ever (3,000 a second,
+    never a batch); 10,000 in a row stop the loader, naming one."""
+    shard = write_shard(tmp_path / "torn.tar", torn_flac(make_samples(clips(2), [5.0, 5.0])))
+    loader = make_loader([str(shard)], ["objects"], 2, workers=0)
+    with pytest.raises(data.UnreadableData, match=r"10001 samples in a row .*torn\.tar.*FLAC"):
+        next(iter(loader))
+
+
+def test_inspecting_shards_skips_bad_samples_and_decodes_audio(tmp_path):
+    samples = make_samples(clips(3), [5.0, 5.0, 5.0])
+    members = [encode_sample(s) for s in samples]
+    del members[0]["json"]
+    shard = write_shard(tmp_path / "first-bad.tar", members)
+    info = data.inspect_shards([str(shard)])  # the first sample's problem is that sample's
+    assert set(info.heads) == {"objects", "scenes"} and info.frame_interval_s == 5.0
+    torn = write_shard(tmp_path / "torn.tar", torn_flac(samples))
+    with pytest.raises(data.ShardSpecError, match="torn.tar: .*-0000: .*FLAC"):
+        data.inspect_shards([str(torn)])
+
+
+def test_a_head_of_another_size_is_skipped_not_a_crash(tmp_path):
+    """Heads given with their sizes (as trainer.main gives them): a sample whose head has other
+    classes is skipped and named; before, it crashed the batch."""
+    ours = make_samples(clips(2), [5.0, 5.0])
+    ours = write_shard(tmp_path / "ours.tar", [encode_sample(s) for s in ours])
+    other = make_samples(clips(2, seed=1), [5.0], heads={"objects": 10, "scenes": 6})
+    theirs = write_shard(tmp_path / "theirs.tar", [encode_sample(s) for s in other])
+    loader = make_loader([str(ours), str(theirs)], {"objects": 16}, 4, train=False, workers=0)
+    [batch] = list(loader)
+    assert len(batch["keys"]) == 2 and batch["targets"]["objects"].shape == (2, 4, 16)
+    [(url, message)] = batch["events"]["sample_errors"]
+    assert url == str(theirs) and "'objects' has 10 classes, the run trains 16" in message
+
+
+def test_a_shard_cut_between_two_members_is_a_shard_error(factory_output, tmp_path):  # noqa: F811
+    """A tar ends with zero blocks: one cut at a member's end (a copy or a download stopped
+    there) is torn, not a shorter shard read in silence."""
+    shard = sorted((factory_output / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    keys = [m.name.split(".", 1)[0] for m in members]
+    first = max(i for i, k in enumerate(keys) if k == keys[0])  # the first sample's last member
+    second = max(i for i, k in enumerate(keys) if k == keys[first + 1])  # the second's
+    end = members[second].offset_data + -(-members[second].size // 512) * 512
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[:end])
+    loader = make_loader([str(cut)], ["objects"], 8, train=False, workers=0)
+    [batch] = list(loader)
+    # the first sample; the second may have had more members: it is dropped, never incomplete
+    assert batch["keys"] == [keys[0]]
+    [(url, message)] = batch["events"]["shard_errors"]
+    assert url == str(cut) and "end-of-archive" in message
+
+
+def test_joined_specs_each_take_any_form(factory_output, tmp_path, monkeypatch):  # noqa: F811
+    other = tmp_path / "OUT2"
+    shutil.copytree(factory_output, other)
+    ours = resolve_shards(str(factory_output)).urls
+    both = resolve_shards(f"{factory_output}::{other}")
+    assert both.urls == ours + resolve_shards(str(other)).urls
+    assert both.root == str(factory_output)
+    piped = resolve_shards(f"{ours[0]}::pipe:cat {ours[1]}")
+    assert piped.urls == [ours[0], f"pipe:cat {ours[1]}"]
+    monkeypatch.chdir(factory_output)  # --shards=. from inside the output: its label names
+    for spec in (".", "shards", "shards/*.tar"):
+        assert resolve_shards(spec).root == str(factory_output)
+
+
 def shards_opened(urls, monkeypatch, rank: int, world: int, resample: bool, batches: int):
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world))
@@ -444,3 +529,15 @@ def test_dr_flac_gives_libsndfile_s_samples(factory_output):  # noqa: F811
     np.testing.assert_array_equal(window, whole[500:1500])
     with pytest.raises(SampleError, match="k-0001: unreadable FLAC"):
         decode_audio(b"fLaC but not really" * 10, "flac", where="k-0001")
+
+
+def test_a_validation_that_read_no_sample_has_no_score():
+    """0 samples scored is no score (None), not a perfect KL of 0."""
+    model = build_model("soundnet8", {"objects": 16})
+    prior = Prior.empty({"objects": 16})
+    result = validate(model, [], prior, torch.device("cpu"), 0, nullcontext())
+    assert result == {
+        "samples": 0,
+        "objects": {"kl": None, "top1": None, "prior_kl": None, "prior_top1": None},
+        "loss": None,
+    }

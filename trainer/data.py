@@ -65,12 +65,14 @@ from schemas import (
 )
 from schemas.frames import step_rows
 from schemas.labels import is_url
-from schemas.sample import decode_audio_into, decode_targets
+from schemas.sample import decode_audio, decode_audio_into, decode_targets
 from trainer.handoff import BatchBuffers
 from trainer.tarstream import tar_samples
 
 log = logging.getLogger(__name__)
 
+# The heads a loader reads: their names, or {name: classes} to refuse samples of other sizes.
+Heads = Sequence[str] | Mapping[str, int]
 # The default student's output step (SoundNet-8's conv8: 5 s); callers pass their model's.
 DEFAULT_STEP_SAMPLES = ARCHITECTURES[DEFAULT_ARCH].step_samples
 CROP_STEPS = 4  # the paper's 20 s training crop: 4 output steps
@@ -79,6 +81,11 @@ PCM_SCALE = WAVE_SCALE / 32768  # int16 -> the network's [-256, 256]: 2^-7, exac
 
 class ShardSpecError(ValueError):
     """--shards names nothing readable; the message says what was looked for."""
+
+
+class UnreadableData(RuntimeError):
+    """So many shards or samples in a row could not be used that the data, not one file, is
+    bad: the loader stops instead of skipping forever."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +102,8 @@ def _root_of(shard: str) -> str | None:
     """OUT for OUT/shards/shard-N.tar (local or URL), else None."""
     if shard.startswith("pipe:"):
         return None
+    if not is_url(shard):  # 'shards/x.tar' from inside OUT: OUT is the working directory
+        shard = str(Path(shard).absolute())
     parent, _, _ = shard.rpartition("/")
     grandparent, _, name = parent.rpartition("/")
     if name != SHARDS_DIR or not grandparent:
@@ -107,7 +116,15 @@ def _root_of(shard: str) -> str | None:
 def resolve_shards(spec: str) -> ShardSource:
     """Shard list from a brace pattern or glob, a pipeline output dir, a dir of .tar, or URLs.
 
-    Several specs may be joined with '::' (WebDataset's separator)."""
+    Several specs may be joined with '::' (WebDataset's separator), each of any form; label
+    names come from the first one's pipeline output."""
+    parts = [_resolve_one(part) for part in spec.split("::") if part]
+    if not parts:
+        raise ShardSpecError(f"{spec!r}: names no shards")
+    return ShardSource([u for part in parts for u in part.urls], parts[0].root)
+
+
+def _resolve_one(spec: str) -> ShardSource:
     if is_url(spec):
         urls = wds.shardlists.expand_urls(spec)
         return ShardSource(urls, _root_of(urls[0]) if urls else None)
@@ -148,15 +165,22 @@ def inspect_shards(urls: Sequence[str], max_shards: int = 20, max_samples: int =
     """Heads and frame interval of the first readable shard's first samples."""
     problems = []
     for url in urls[:max_shards]:
+        metas: list[SampleMetadata] = []
+        samples = tar_samples([{"url": url}], handler=wds.reraise_exception)
         try:
-            metas: list[SampleMetadata] = []
-            for raw in tar_samples([{"url": url}], handler=wds.reraise_exception):
-                metas.append(decode_targets(raw)[0])
-                if metas[-1].frame_interval() is not None or len(metas) >= max_samples:
+            for raw in itertools.islice(samples, max_samples):
+                try:  # a bad sample is skipped, as the loader skips it
+                    meta = decode_targets(raw)[0]
+                    if not metas:  # one sample's audio too: bad audio everywhere stops here
+                        decode_audio(raw[meta.audio_codec], meta.audio_codec, where=meta.key)
+                except SampleError as err:
+                    problems.append(f"{url}: {err}")
+                    continue
+                metas.append(meta)
+                if meta.frame_interval() is not None:
                     break
         except Exception as err:  # a corrupt shard: try the next one
             problems.append(f"{url}: {type(err).__name__}: {err}")
-            continue
         if metas:
             return ShardInfo(dict(metas[0].heads), metas[-1].frame_interval(), url)
     raise ShardSpecError(
@@ -314,17 +338,25 @@ class Example:
 
 def make_example(
     raw: dict[str, Any],
-    heads: Sequence[str],
+    heads: Heads,
     steps: int,
     rng: random.Random | None,
     step_samples: int = DEFAULT_STEP_SAMPLES,
 ) -> Example:
-    """A raw WebDataset sample (FLAC or pcm16 audio) -> its Example; the audio is not decoded."""
+    """A raw WebDataset sample (FLAC or pcm16 audio) -> its Example; the audio is not decoded.
+    `heads`: the heads to read, or {head: classes} to also refuse a head of another size."""
     meta, rows = decode_targets(raw)  # validates the metadata, shapes and distributions
     key = raw["__key__"]  # the metadata's, once checked
     missing = [h for h in heads if h not in rows]
     if missing:
         raise SampleError(f"{key}: no {missing} head(s); it has {sorted(rows)}")
+    if isinstance(heads, Mapping):
+        for head, classes in heads.items():
+            if rows[head].shape[-1] != classes:
+                raise SampleError(
+                    f"{key}: head {head!r} has {rows[head].shape[-1]} classes, the run trains "
+                    f"{classes}"
+                )
     probs = {h: rows[h] for h in heads}
     # without heads (the autoencoder) no teacher row is read, so none needs aligning
     per_step = sample_frames_per_step(meta, step_samples) if probs else 1
@@ -357,12 +389,16 @@ class LoaderEvents:
     """Per loader process; drained into each batch so that the training loop can count it."""
 
     max_consecutive_failures: int = 100
+    # a sample's own problem is skipped; this many in a row is bad data, not a bad sample (a
+    # stream of them otherwise loops for ever: ~3,000 a second, never a batch)
+    max_consecutive_bad_samples: int = 10_000
     shards: list[str] = field(default_factory=list)
     shard_errors: list[tuple[str, str]] = field(default_factory=list)
     sample_errors: list[tuple[str, str]] = field(default_factory=list)
     current: str = ""
     current_failed: bool = False
     consecutive_failures: int = 0
+    consecutive_bad_samples: int = 0
 
     def opened(self, src: Iterator[dict]) -> Iterator[dict]:
         """Pipeline stage: note each shard as it is opened."""
@@ -385,7 +421,7 @@ class LoaderEvents:
         log.warning("skipping unreadable shard %s (%s)", self.current, message)
         self.consecutive_failures += 1
         if self.consecutive_failures > self.max_consecutive_failures:
-            raise RuntimeError(
+            raise UnreadableData(
                 f"{self.consecutive_failures} shard reads in a row failed, the last {self.current}"
                 f" ({message}): the shards are unreadable"
             ) from err
@@ -398,10 +434,16 @@ class LoaderEvents:
         url = getattr(err, "url", self.current)
         self.sample_errors.append((url, str(err)))
         log.warning("skipping bad sample in %s: %s", url, err)
+        self.consecutive_bad_samples += 1
+        if self.consecutive_bad_samples > self.max_consecutive_bad_samples:
+            raise UnreadableData(
+                f"{self.consecutive_bad_samples} samples in a row could not be used, the last "
+                f"in {url} ({err}): the shards' samples are unreadable"
+            ) from err
         return True
 
     def decoded(self) -> None:
-        self.consecutive_failures = 0
+        self.consecutive_failures = self.consecutive_bad_samples = 0
 
     def drain(self) -> dict[str, Any]:
         worker = torch.utils.data.get_worker_info()
@@ -507,7 +549,7 @@ class ExamplePlanner:
     batch), with an RNG seeded per rank and worker on first use (the loader is copied into each
     worker process before any sample is seen)."""
 
-    def __init__(self, heads: Sequence[str], steps: int, step_samples: int, train: bool, seed: int):
+    def __init__(self, heads: Heads, steps: int, step_samples: int, train: bool, seed: int):
         self.heads, self.steps, self.step_samples = heads, steps, step_samples
         self.train, self.seed = train, seed
         self.rng: random.Random | None = None
@@ -524,7 +566,7 @@ class ExamplePlanner:
 
 def make_loader(
     urls: Sequence[str],
-    heads: Sequence[str],
+    heads: Heads,
     batch_size: int,
     *,
     steps: int = CROP_STEPS,

@@ -1,6 +1,6 @@
 """Distil the visual teachers into SoundNet, streaming WebDataset shards (SPEC.md sections 2, 5).
 
-    python -m trainer.main --shards='OUT/shards/shard-{000000..000009}.tar' --out=RUN
+    python -m trainer.main --shards='OUT/shards/shard-{000000..000009}-*.tar' --out=RUN
     python -m trainer.main --shards=OUT --out=RUN --resume --steps=20000
     torchrun --nproc-per-node=N -m trainer.main --shards=OUT --out=RUN
 
@@ -177,24 +177,38 @@ class Shards:
 
 def open_shards(args: argparse.Namespace, world: int) -> Shards:
     """--shards, --val-shards and --heads, checked; the class names of the heads."""
+    option = "--shards"
     try:
         source = data.resolve_shards(args.shards)
-        val_source = data.resolve_shards(args.val_shards) if args.val_shards else None
         found = data.inspect_shards(source.urls)
-        val_found = data.inspect_shards(val_source.urls) if val_source else None
+        val_source = val_found = None
+        if args.val_shards:
+            option = "--val-shards"
+            val_source = data.resolve_shards(args.val_shards)
+            val_found = data.inspect_shards(val_source.urls)
     except data.ShardSpecError as err:
-        raise SystemExit(f"--shards: {err}") from err
+        raise SystemExit(f"{option}: {err}") from err
     wanted = [h for h in args.heads.split(",") if h] or list(found.heads)
     unknown = [h for h in wanted if h not in found.heads]
     if unknown:
         raise SystemExit(f"--heads {unknown}: the shards have {sorted(found.heads)}")
     heads = {h: found.heads[h].num_classes for h in wanted}
+    if val_found is not None:  # refused now, not at the first validation hours into the run
+        theirs = {h: info.num_classes for h, info in val_found.heads.items()}
+        if wrong := {h: theirs.get(h) for h, n in heads.items() if theirs.get(h) != n}:
+            raise SystemExit(
+                f"--val-shards: heads {theirs} ({val_found.where}), the run trains {heads}: "
+                f"{sorted(wrong)} missing or of another size"
+            )
     if not args.resample and len(source.urls) < world * max(1, args.workers):
         raise SystemExit(
             f"--no-resample splits {len(source.urls)} shards between {world} ranks x "
             f"{max(1, args.workers)} workers: some would get none; resample, or use fewer workers"
         )
-    labels = data.read_label_names(source, heads)
+    try:
+        labels = data.read_label_names(source, heads)
+    except data.ShardSpecError as err:
+        raise SystemExit(f"--shards: {err}") from err
     return Shards(source, val_source, found, val_found, heads, labels)
 
 
@@ -315,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     model, autocast, use_bf16 = parallel(model, world, device, args.precision)
 
     # --- loaders: a different stream per rank, worker and resumed start
-    crops = {"heads": list(heads) if distil else [], "batch_size": args.batch_size,
+    crops = {"heads": heads if distil else {}, "batch_size": args.batch_size,
              "steps": crop_steps, "step_samples": raw_model.step_samples}  # fmt: skip
     batches = iter(data.make_loader(
         shards.train.urls, **crops, resample=args.resample, seed=args.seed + 7919 * start,
@@ -377,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
                 workers = min(args.workers, len(shards.val.urls))
                 loader = data.make_loader(shards.val.urls, **crops, train=False, workers=workers)
                 result = validate(raw_model, loader, prior, device, args.val_batches, autocast)
+                if not result["samples"]:
+                    log.warning("step %d validation: no usable sample in --val-shards", step)
                 metrics.write({"kind": "val", "step": step, **result})
                 log.info("step %d validation: %s", step, json.dumps(result))  # rank 0 logs info
                 window.tick = time.time()
@@ -385,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
                 window.tick = time.time()
     except NonFiniteLoss as err:
         raise SystemExit(f"trainer: {err}") from err
+    except data.UnreadableData as err:  # from a worker: its message's last line is the reason
+        reason = str(err).strip().splitlines()[-1]
+        raise SystemExit(f"trainer: {reason.removeprefix(_qualified(err) + ': ')}") from err
     finally:
         bar.close()
         metrics.close()
@@ -398,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         ), indent=2) + "\n")  # fmt: skip
         log.info("done: step %d, %s", step, checkpoints.last)
     leave_process_group()
+
+
+def _qualified(err: Exception) -> str:
+    return f"{type(err).__module__}.{type(err).__name__}"
 
 
 if __name__ == "__main__":

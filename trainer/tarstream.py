@@ -18,8 +18,9 @@ into bytes. (A shard file truncated while mapped would kill the reading process 
 the pipeline never rewrites a shard in place, it writes a new file and renames it.)
 
 A sample is yielded once its last member is read; a shard that is not a tar or is torn part-way
-goes to `handler` (as with webdataset) after the samples read before the damage, and the sample
-in progress is dropped, never yielded incomplete.
+(also between two members: a tar ends with zero blocks) goes to `handler` (as with webdataset)
+after the samples read before the damage, and the sample in progress is dropped, never yielded
+incomplete.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def tar_members(stream: BinaryIO | _MappedFile) -> Iterator[tuple[str, bytes]]:
     long_size: int | None = None
     while True:
         header = bytes(read(BLOCK))  # a stream's bytes as they are; a mapping's copied (512)
-        if not header or header.count(0) == BLOCK:  # end of archive (or of the stream)
+        if not header:  # every writer ends a tar with zero blocks: this one was cut short
+            raise ShardReadError("truncated: the tar ends without its end-of-archive blocks")
+        if header.count(0) == BLOCK:  # end of archive
             return
         if len(header) < BLOCK:
             raise ShardReadError(f"truncated: a header of {len(header)} bytes")

@@ -76,13 +76,17 @@ def validate(
         sums.rows += p.shape[0] * p.shape[1]
     model.train()
     total: ValSums = sums.all_sum()
-    samples, rows = int(total.samples), max(1.0, total.rows.item())
+    samples, rows = int(total.samples), total.rows.item()
+
+    def mean(value: torch.Tensor, count: float) -> float | None:
+        return value.item() / count if count else None  # no sample: no score, not a perfect 0
+
     if not heads:
-        return {"samples": samples, "mse": total.mse.item() / max(1, samples),
-                "silence_mse": total.silence_mse.item() / max(1, samples)}  # fmt: skip
+        return {"samples": samples, "mse": mean(total.mse, samples),
+                "silence_mse": mean(total.silence_mse, samples)}  # fmt: skip
     record: dict[str, Any] = {"samples": samples}
     for head in heads:
-        record[head] = {name: getattr(total, name)[head].item() / rows
+        record[head] = {name: mean(getattr(total, name)[head], rows)
                         for name in ("kl", "top1", "prior_kl", "prior_top1")}  # fmt: skip
-    record["loss"] = sum(record[h]["kl"] for h in heads) / len(heads)
+    record["loss"] = sum(record[h]["kl"] for h in heads) / len(heads) if rows else None
     return record
