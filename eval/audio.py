@@ -11,6 +11,8 @@ ffmpeg that still does not finish (a stalled network file system) is stopped aft
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ffmpeg
@@ -43,12 +45,29 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         if rate != sample_rate:
             import librosa  # imported here: only resampled files pay for it
 
-            wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
+            with librosa_errors(path):
+                wave = librosa.resample(
+                    wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq"
+                )
     except (sf.LibsndfileError, RuntimeError, TypeError):
         wave = _ffmpeg_decode(path, sample_rate)  # not a format libsndfile knows: ask ffmpeg
     if wave.size == 0:
         raise AudioError(f"{path}: no audio samples")
+    if not np.isfinite(wave).all():  # a float file can hold them; every feature would be NaN
+        raise AudioError(f"{path}: non-finite (NaN or inf) samples")
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+@contextmanager
+def librosa_errors(path: Path) -> Iterator[None]:
+    """librosa's errors (not ValueErrors) as an AudioError that names the file, so that the
+    programs report them in one line."""
+    from librosa.util.exceptions import LibrosaError  # the caller is about to use librosa
+
+    try:
+        yield
+    except LibrosaError as err:
+        raise AudioError(f"{path}: {err}") from err
 
 
 def _ffmpeg_decode(path: Path, sample_rate: int) -> np.ndarray:

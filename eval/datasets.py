@@ -60,9 +60,12 @@ class Dataset:
 def _read_rows(meta: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     if not meta.is_file():
         raise DatasetError(f"{meta}: metadata file not found")
-    with meta.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would be read as part
+    # of the first column's name; names padded with spaces are taken as they read, too
+    with meta.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        missing = set(required) - set(reader.fieldnames or [])
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        missing = set(required) - set(reader.fieldnames)
         if missing:
             raise DatasetError(f"{meta}: missing column(s) {sorted(missing)}")
         rows = list(reader)

@@ -7,9 +7,10 @@
     emb, ts = get_timestamp_embeddings(audio, model)  # [n_sounds, n_frames, 256], [n_sounds, n_frames] ms
 
 `audio` is [n_sounds, n_samples] float in [-1, 1] at `model.sample_rate` (22050 Hz). Scene
-embeddings are pool5's mean and max over time (the SVM features of eval.run), of the clip tiled
-to the network's shortest input as there. Timestamp embeddings are conv5's frames (pool5's
-input); networks without those layers use their last body layer for both.
+embeddings are pool5's mean and max over time of the clip tiled to 10 s: eval.run's SVM samples
+(its default layer and pooled protocol), computed by the same code. Timestamp embeddings are
+conv5's frames (pool5's input); networks without those layers use their deepest hidden layer
+for both.
 
 Timestamps: each is the centre of the audio its frame hears (its receptive field, derived from
 the layers by models.layers.receptive_field), at 0, hop, 2 * hop, ... up to the clip's end and
@@ -30,13 +31,12 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from eval.features import mean_max
+from eval.features import body_layers, default_layer, mean_max, network_features
 from models.layers import receptive_field, scale_waveform
 from models.pretrained import load_pretrained
 from schemas import SAMPLE_RATE
 
 DEFAULT_MODEL = "original:soundnet8"
-SCENE_LAYER = "pool5"
 TIMESTAMP_LAYER = "conv5"
 MAX_DEFAULT_HOP_MS = 50.0  # the validator's (and HEAR's event tasks') suggested largest hop
 OPTIONS = ("hop",)
@@ -52,16 +52,16 @@ class SoundNetEmbedding(nn.Module):
     """A network plus the attributes the HEAR API asks of a model.
 
     `hop` (samples between timestamps) must divide the timestamp layer's frame hop; None
-    takes `default_hop`."""
+    takes `default_hop`. The module stays in inference mode whatever `train()` is asked."""
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, net: nn.Module, hop: int | None = None):
         super().__init__()
-        self.net = net.eval()
-        head = getattr(getattr(net, "head_spec", None), "name", None)
-        body = [name for name in net.layer_names if name != head]
-        self.scene_layer = SCENE_LAYER if SCENE_LAYER in body else body[-1]
+        self.net = net
+        self.eval()
+        body = body_layers(net)
+        self.scene_layer = default_layer(net)
         self.timestamp_layer = TIMESTAMP_LAYER if TIMESTAMP_LAYER in body else body[-1]
         self.frame_hop, start, self.field_size = receptive_field(net.body, self.timestamp_layer)
         self.hop = default_hop(self.frame_hop) if hop is None else hop
@@ -91,6 +91,11 @@ class SoundNetEmbedding(nn.Module):
         self.scene_embedding_size = 2 * probe[self.scene_layer].shape[1]
         self.timestamp_embedding_size = probe[self.timestamp_layer].shape[1]
 
+    def train(self, mode: bool = True) -> SoundNetEmbedding:
+        """Always inference mode: BatchNorm's batch statistics (and their updates of the running
+        ones) would make the embeddings depend on the batch and on earlier calls."""
+        return super().train(False)
+
     @property
     def _layers(self) -> list[str]:
         return list(dict.fromkeys([self.scene_layer, self.timestamp_layer]))
@@ -98,11 +103,13 @@ class SoundNetEmbedding(nn.Module):
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def layer_features(self, audio: torch.Tensor, layer: str) -> torch.Tensor:
-        """One layer's activations of `audio` as it is (tiled by the network when short)."""
+    def scene_features(self, audio: torch.Tensor) -> torch.Tensor:
+        """[n_sounds, 2 * channels]: the scene layer's mean and max over time, of each sound
+        tiled as eval.run tiles a clip (network_features, eval.run's path)."""
         _check_audio(audio)
-        with torch.inference_mode():
-            return self.net.features(scale_waveform(audio.float().to(self._device())), layer)
+        waves = audio.detach().float().cpu().numpy()
+        frames = network_features(self.net, waves, [self.scene_layer])[self.scene_layer]
+        return torch.from_numpy(mean_max(frames)).to(self._device())
 
     def frame_count(self, num_samples: int) -> int:
         """Timestamps for a clip of `num_samples`: those at offset + k * hop <= its end."""
@@ -174,7 +181,7 @@ def load_model(
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: SoundNetEmbedding) -> torch.Tensor:
-    return mean_max(model.layer_features(audio, model.scene_layer))
+    return model.scene_features(audio)
 
 
 def get_timestamp_embeddings(

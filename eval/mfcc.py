@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eval.audio import load_audio
+from eval.audio import librosa_errors, load_audio
 from schemas import SAMPLE_RATE
 
 N_MFCC = 20
@@ -32,7 +32,9 @@ def mfcc_features(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarra
 
 
 def extract_mfcc(paths: Sequence[Path], progress: bool = True) -> list[np.ndarray]:
-    return [
-        mfcc_features(load_audio(p))
-        for p in tqdm(paths, desc="mfcc", unit="clip", disable=not progress)
-    ]
+    vectors = []
+    for path in tqdm(paths, desc="mfcc", unit="clip", disable=not progress):
+        wave = load_audio(path)
+        with librosa_errors(path):
+            vectors.append(mfcc_features(wave))
+    return vectors

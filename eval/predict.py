@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eval import cli
 from eval.audio import AudioError, load_audio, tile
 from eval.features import set_threads
 from models.checkpoint import CheckpointError
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", default="original:soundnet8")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=cli.at_least_one, default=5, help="classes shown per step")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("files", nargs="+")
     args = p.parse_args(argv)

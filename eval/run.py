@@ -6,14 +6,16 @@ folds, beside the paper's table.
     python -m eval.run --features mfcc --dataset esc50 --root ESC-50
 
 `--checkpoint` takes RUN/last.pt, original:soundnet8, random:soundnet8|soundnet5 or a Torch7
-`.t7` release file. Writes results.json, results.md, confusion.png and layers.png to --out and
-prints the mean accuracy last.
+`.t7` release file. Writes results.json, results.md, confusion.png and layers.png to --out
+(default runs/eval-DATASET-SOURCE-PROTOCOL plus the options given: --layer, --folds, --C,
+--seconds; SOURCE is RUN-last for RUN/last.pt) and prints the mean accuracy last.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
+from eval import cli
 from eval.audio import AudioError
 from eval.datasets import DATASETS, Dataset, DatasetError, load_dataset
 from eval.features import DEFAULT_SECONDS, extract_features, resolve_layers, set_threads
@@ -51,26 +54,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--meta", type=Path, help="generic layout: CSV of filename,fold,label")
     p.add_argument(
         "--layer",
-        help="conv4..conv8, pool5, ... or 'all' (default: pool5, or the "
-        "deepest of conv4..conv8 a model has)",
+        help="conv4..conv8, pool5, ... or 'all' (default: pool5, or the deepest hidden layer "
+        "of a model without it: conv4 of SoundNet-5 and the autoencoder)",
     )
     p.add_argument("--protocol", choices=PROTOCOLS, default="pooled")
-    p.add_argument("--C", type=float, help="fixed SVM C (default: inner CV; paper: 0.01)")
-    p.add_argument("--folds", help="only these folds, e.g. 1,2 (leave one out among them)")
-    p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="tile clips to this")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--C", type=cli.positive, help="fixed SVM C (default: inner CV; paper: 0.01)")
+    p.add_argument(
+        "--folds",
+        type=cli.fold_numbers,
+        help="only these folds, e.g. 1,2 (leave one out among them)",
+    )
+    p.add_argument(
+        "--seconds", type=cli.positive, default=DEFAULT_SECONDS, help="tile clips to this"
+    )
+    p.add_argument("--batch-size", type=cli.at_least_one, default=4)
     p.add_argument(
         "--jobs",
-        type=int,
-        help="parallel SVM fits: inner-CV fits, or the folds with a fixed C (joblib n_jobs)",
+        type=cli.jobs,
+        help="parallel SVM fits: inner-CV fits, or the folds with a fixed C (joblib n_jobs; "
+        "-1: every core)",
     )
-    p.add_argument("--out", type=Path, help="output folder (default runs/eval-DATASET-NAME)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default runs/eval-DATASET-SOURCE-PROTOCOL[-options])",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.features == "network" and not args.checkpoint:
         p.error("--checkpoint is required (or --features mfcc)")
     if args.features == "mfcc" and args.protocol == "paper":
         p.error("--protocol paper needs frame features; the MFCC baseline is one vector a clip")
+    if args.out and (problem := cli.not_a_folder(args.out)):
+        p.error(f"--out {args.out}: {problem}")
     return args
 
 
@@ -79,7 +95,29 @@ def _description(args: argparse.Namespace) -> str:
 
 
 def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in Path(text).stem or text).strip("-")
+    return re.sub(r"[^\w.]+", "-", text).strip("-.")
+
+
+def default_out(args: argparse.Namespace, dataset: str) -> Path:
+    """runs/eval-DATASET-SOURCE-PROTOCOL, then the options that change the numbers where given:
+    distinct evaluations, distinct folders. SOURCE: `mfcc` (whose one protocol is left out),
+    a weights spec (original-soundnet8), or a file's folder and stem (RUN-last: every trainer
+    run writes a last.pt)."""
+    if args.features == "mfcc":
+        parts = [dataset, "mfcc"]
+    else:
+        spec = Path(args.checkpoint)
+        source = f"{spec.resolve().parent.name}-{spec.stem}" if spec.is_file() else spec.name
+        parts = [dataset, source, args.protocol]
+    if args.layer:
+        parts.append(args.layer)
+    if args.folds:
+        parts.append("folds" + "-".join(map(str, args.folds)))
+    if args.C is not None:
+        parts.append(f"C{args.C:g}")
+    if args.seconds != DEFAULT_SECONDS:
+        parts.append(f"{args.seconds:g}s")
+    return Path("runs") / ("eval-" + "-".join(_slug(part) for part in parts))
 
 
 def compute_samples(
@@ -114,13 +152,15 @@ def selected_dataset(args: argparse.Namespace) -> Dataset:
     """The dataset the options name, cut to their --folds."""
     dataset = load_dataset(args.dataset, args.root, args.subset, args.meta)
     if args.folds:
-        dataset = dataset.select_folds([int(f) for f in args.folds.split(",")])
+        dataset = dataset.select_folds(args.folds)
     return dataset
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, dataset: Dataset | None = None) -> dict[str, Any]:
+    """The results of the options' evaluation (of `dataset`, their selected_dataset)."""
     set_threads()
-    dataset = selected_dataset(args)
+    if dataset is None:
+        dataset = selected_dataset(args)
     samples, per_clip = compute_samples(args, dataset)
     progress = not args.no_progress
     protocol = args.protocol  # the MFCC baseline's one vector a clip: always "pooled"
@@ -187,10 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # first: each batch's activations reused, not faulted in afresh
     args = parse_args(argv)
     try:
-        results = evaluate(args)
+        dataset = selected_dataset(args)
+        out = args.out or default_out(args, dataset.name)
+        if problem := cli.not_a_folder(out):  # before the work, not after it
+            sys.exit(f"error: output folder {out}: {problem} (--out sets another)")
+        results = evaluate(args, dataset)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
-    out = args.out or Path("runs") / f"eval-{results['dataset']}-{_slug(results['description'])}"
     write_outputs(out, results)
     for layer, entry in results["layers"].items():
         folds = " ".join(f"{a:.3f}" for a in entry["accuracy_per_fold"])

@@ -4,7 +4,8 @@ Two protocols turn a clip's [channels, frames] activations into SVM samples:
 
 - `pooled` (default): one sample per clip, the mean and the max over time; standardised
   features; a linear-kernel SVM (libsvm through scikit-learn's SVC: hinge loss, one-vs-one),
-  C chosen by inner cross-validation over the training folds.
+  C chosen by inner cross-validation over the training folds (C = 1, with a warning, where
+  only one training fold is left and a class has a single clip in it).
 - `paper` (the original eval_esc50.lua): every window of one tenth of a 10 s clip's frames is a
   sample (channel-major flattening, as Torch's view(-1)); liblinear's L2-regularised
   squared-hinge SVM, one-vs-rest, with a bias term (`-s 1 -B 1`), C = 0.01, raw features.
@@ -20,6 +21,7 @@ each class: 8 minutes for an ESC-50-sized set); it runs where the protocol is th
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ from eval.features import mean_max
 
 PROTOCOLS = ("pooled", "paper")
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+FALLBACK_C = 1.0  # libsvm's default: where no inner cross-validation can choose C
 PAPER_C = 0.01
 PAPER_WINDOW_FRACTION = 0.1  # -timewindow 1 over -sound_length 10
 
@@ -98,12 +101,24 @@ class FoldResult:
     y_pred: np.ndarray = field(repr=False)
 
 
-def _inner_cv(groups: np.ndarray, labels: np.ndarray) -> LeaveOneGroupOut | StratifiedKFold:
-    """The training folds themselves (no clip's windows on both sides); three stratified splits
-    when only one training fold is left."""
-    if len(np.unique(groups)) >= 2:
+def _inner_cv(
+    fold: int, folds: np.ndarray, labels: np.ndarray
+) -> LeaveOneGroupOut | StratifiedKFold | None:
+    """How C is chosen where `fold` is scored, from the clips' folds and labels: over the other
+    folds themselves (no clip's windows on both sides); up to three stratified splits when only
+    one other fold is left; None, with a warning, when a class has a single clip there."""
+    train = folds != fold
+    if len(np.unique(folds[train])) >= 2:
         return LeaveOneGroupOut()
-    return StratifiedKFold(n_splits=min(3, np.bincount(labels).min()), shuffle=True, random_state=0)
+    fewest = int(np.unique(labels[train], return_counts=True)[1].min())  # present classes only
+    if fewest >= 2:
+        return StratifiedKFold(n_splits=min(3, fewest), shuffle=True, random_state=0)
+    warnings.warn(
+        f"fold {fold}: training fold {folds[train][0]} has only 1 clip of a class, too few for "
+        f"an inner cross-validation to choose C: C = {FALLBACK_C:g} used (--C sets it)",
+        stacklevel=2,
+    )
+    return None
 
 
 def _clip_scores(scores: np.ndarray, clip_ids: np.ndarray) -> np.ndarray:
@@ -133,8 +148,8 @@ def cross_validate(
 
     def one_fold(fold: int) -> FoldResult:
         train, test = groups != fold, groups == fold
-        if C is None:
-            cv = _inner_cv(groups[train], y[train])
+        cv = _inner_cv(fold, folds, labels) if C is None else None
+        if cv is not None:
             svm = make_svm(1.0, protocol)
             param = f"{svm.steps[-1][0]}__C"
             search = GridSearchCV(svm, {param: list(C_GRID)}, cv=cv, n_jobs=n_jobs)
@@ -142,7 +157,8 @@ def cross_validate(
             search.fit(X[train], y[train], groups=inner_groups)
             model, chosen = search.best_estimator_, float(search.best_params_[param])
         else:
-            model, chosen = make_svm(C, protocol).fit(X[train], y[train]), float(C)
+            chosen = FALLBACK_C if C is None else float(C)
+            model = make_svm(chosen, protocol).fit(X[train], y[train])
         scores = _clip_scores(model.decision_function(X[test]), clip_ids[test])
         y_pred = model.classes_[scores.argmax(axis=1)]
         y_true = labels[folds == fold]

@@ -19,8 +19,9 @@ from eval import audio, hear, predict
 from eval import run as eval_run
 from eval.audio import AudioError, load_audio, tile
 from eval.datasets import DatasetError, esc50, generic, load_dataset
-from eval.features import extract_features
+from eval.features import TABLE_LAYERS, extract_features, resolve_layers
 from eval.svm import C_GRID, clip_samples, cross_validate, paper_window, pooled, windows
+from models.checkpoint import save_checkpoint
 from models.pretrained import load_pretrained
 from models.registry import build_model
 from models.weights import FETCH_COMMAND, original_checkpoint_path
@@ -83,6 +84,20 @@ def real_weights() -> Path:
     return path
 
 
+def write_generic(root: Path, clips: list[tuple[Path, int, str]]) -> Path:
+    """A generic-layout dataset: ROOT/meta.csv listing (file, fold, label) by absolute path."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{path},{fold},{label}\n" for path, fold, label in clips)
+    (root / "meta.csv").write_text("filename,fold,label\n" + rows)
+    return root
+
+
+def four_clips(esc10) -> list[tuple[Path, int, str]]:
+    """Two ESC-10 classes, one clip of each in folds 1 and 2: the smallest leave-one-out."""
+    return [(next(c.path for c in esc10.clips if c.fold == f and c.label == y), f, f"c{y}")
+            for f in (1, 2) for y in (0, 1)]  # fmt: skip
+
+
 # --------------------------------------------------------------------------- datasets and audio
 
 
@@ -132,6 +147,10 @@ def test_esc50_layout_any_rate_and_channels_and_generic_csv(esc10, tmp_path: Pat
     )
     scenes = generic(tmp_path)
     assert scenes.classes == sorted({f"x{c.label}" for c in full.clips})
+    # Excel's "CSV UTF-8": a byte-order mark, CRLF, and spaces around the header's names
+    text = (tmp_path / "meta.csv").read_text().replace("filename,fold,", "\ufefffilename, fold ,")
+    (tmp_path / "meta.csv").write_bytes(text.replace("\n", "\r\n").encode())
+    assert generic(tmp_path).clips == scenes.clips
     (tmp_path / "meta.csv").write_text("filename,fold,label\nmissing.wav,1,a\n")
     with pytest.raises(DatasetError, match="missing.wav"):
         generic(tmp_path)
@@ -152,6 +171,32 @@ def test_audio_from_video_and_bad_files(shared_videos: Path, tmp_path: Path) -> 
         load_audio(tmp_path / "absent.wav")
     assert tile(np.arange(3.0), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert len(tile(np.arange(9.0), 7)) == 9  # long clips are kept whole
+
+
+def test_non_finite_samples_are_refused_naming_the_file(esc10, tmp_path: Path, capsys) -> None:
+    """A float WAV with a NaN or an inf sample fails with its name: eval.predict's JSON stays
+    JSON, and eval.run --features mfcc ends with one line (it was a librosa traceback)."""
+    wave = load_audio(esc10.clips[0].path)
+    bad = {}
+    for name, value in (("nan", np.nan), ("inf", -np.inf)):
+        bad[name] = tmp_path / f"{name}.wav"
+        sf.write(bad[name], np.where(np.arange(len(wave)) == 100, value, wave), SAMPLE_RATE,
+                 subtype="FLOAT")  # fmt: skip
+        with pytest.raises(AudioError, match=rf"{name}\.wav: non-finite \(NaN or inf\) samples"):
+            load_audio(bad[name])
+    with pytest.raises(SystemExit) as done:
+        predict.main(["--checkpoint=random:soundnet8", "--json", str(bad["nan"])])
+    assert done.value.code == 1
+
+    def no_constants(name: str) -> None:  # json.loads takes NaN and Infinity unless told
+        pytest.fail(f"{name} in eval.predict's JSON")
+
+    [result] = json.loads(capsys.readouterr().out, parse_constant=no_constants)["results"]
+    assert "nan.wav: non-finite" in result["error"]
+    root = write_generic(tmp_path / "set", [*four_clips(esc10), (bad["inf"], 2, "c1")])
+    with pytest.raises(SystemExit, match=r"^error: .*inf\.wav: non-finite"):
+        eval_run.main(["--features=mfcc", "--dataset=generic", f"--root={root}", "--no-progress",
+                       f"--out={tmp_path / 'out'}"])  # fmt: skip
 
 
 def test_an_ffmpeg_that_hangs_is_stopped_and_its_file_fails(tmp_path: Path, monkeypatch) -> None:
@@ -199,6 +244,24 @@ def test_cross_validation_scores_a_clip_by_its_windows_mean_decision() -> None:
     assert all(r.accuracy == 1.0 and r.C in C_GRID for r in inner)
     binary = cross_validate(samples[:24], labels[:24], folds[:24], C=1.0)
     assert all(r.accuracy == 1.0 for r in binary)
+
+
+def test_inner_cv_counts_only_present_classes_and_falls_back_when_impossible() -> None:
+    """Two folds: scoring fold 2 leaves fold 1 alone to choose C. A class with one clip there
+    allows no stratified split: the default C, with a warning; a class absent from it is no
+    obstacle (it was counted as zero clips, and both crashed in scikit-learn)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 8))
+
+    def run(labels: list[int], folds: list[int]):
+        samples = [centres[y] + rng.normal(0, 0.5, (1, 8)) for y in labels]
+        return cross_validate(samples, np.array(labels), np.array(folds))
+
+    with pytest.warns(UserWarning, match=r"fold 2: .*1 clip of a class.* C = 1 .*--C"):
+        lonely = run([0, 0, 0, 1, 0, 0, 0, 1, 1, 1], [1] * 4 + [2] * 6)
+    assert lonely[0].C in C_GRID and lonely[1].C == 1.0 and lonely[1].accuracy > 0.5
+    absent = run([1, 1, 2, 2, 0, 0, 1, 1, 2, 2], [1] * 4 + [2] * 6)  # no class 0 in fold 1
+    assert all(r.C in C_GRID for r in absent)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -340,6 +403,57 @@ def test_predict_on_real_videos_tiles_short_clips_and_reports_bad_files(
     assert short["duration_s"] < 1.0 and short["tiled"]  # tiled, not a crash
     assert len(short["heads"]["scenes"]["steps"]) == 1
     predict.format_text("x.mp4", long)  # the human-readable form renders too
+
+
+def test_default_and_all_layers_are_hidden_layers() -> None:
+    """SoundNet-5's head is called conv5: neither its default layer nor one of 'all' (SoundNet-8's
+    conv5 is a hidden layer); the paper's table does score SoundNet-8's head, conv8."""
+    sn8, sn5 = build_model("soundnet8", {"objects": 3}), build_model("soundnet5", {"objects": 3})
+    assert resolve_layers(sn8, None) == ["pool5"] and resolve_layers(sn8, "all") == [*TABLE_LAYERS]
+    assert resolve_layers(sn5, None) == resolve_layers(sn5, "all") == ["conv4"]
+    assert resolve_layers(sn5, "conv5") == ["conv5"]  # the head's scores, when asked by name
+    assert hear.SoundNetEmbedding(sn5).scene_layer == "conv4"  # as eval.hear always had it
+
+
+def test_default_output_folders_tell_evaluations_apart(esc10, tmp_path: Path, monkeypatch) -> None:
+    """runs/a/last.pt and runs/b/last.pt, each protocol and a chosen layer: one folder each
+    under runs/, named by the options that differ (all were runs/eval-DATASET-last)."""
+    root = write_generic(tmp_path / "four", four_clips(esc10))
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        save_checkpoint(
+            tmp_path / run / "last.pt", build_model("autoencoder", {}), "autoencoder", {}
+        )
+    monkeypatch.chdir(tmp_path)
+    base = ["--dataset=generic", f"--root={root}", "--C=1", "--no-progress"]
+    for options in (["--checkpoint=a/last.pt"], ["--checkpoint=b/last.pt"],
+                    ["--checkpoint=a/last.pt", "--protocol=paper"],
+                    ["--checkpoint=a/last.pt", "--layer=conv3"]):  # fmt: skip
+        eval_run.main([*options, *base])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "eval-four-a-last-paper-C1", "eval-four-a-last-pooled-C1",
+        "eval-four-a-last-pooled-conv3-C1", "eval-four-b-last-pooled-C1"]  # fmt: skip
+    assert all((p / "results.json").is_file() for p in (tmp_path / "runs").iterdir())
+
+
+def test_options_are_checked_before_any_work(tmp_path: Path, capsys) -> None:
+    """Each bad option ends the run at once, naming itself (an --out that is a file was found
+    only after every feature was computed); `--folds 1,2,` and joblib's -1 are fine."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    base = ["--checkpoint=random:soundnet8", f"--root={tmp_path}"]
+    for option, message in [("--batch-size=0", "--batch-size: 0: must be at least 1"),
+                            ("--jobs=0", "--jobs: 0 means no worker"),
+                            ("--folds=1,x", "--folds: '1,x': not fold numbers"),
+                            (f"--out={afile}", "afile exists and is not a folder"),
+                            (f"--out={afile}/eval", "afile exists and is not a folder")]:  # fmt: skip
+        with pytest.raises(SystemExit) as done:
+            eval_run.parse_args([*base, option])
+        assert done.value.code == 2 and message in capsys.readouterr().err, option
+    assert eval_run.parse_args([*base, "--folds=1,2,", "--jobs=-1"]).folds == [1, 2]
+    with pytest.raises(SystemExit) as done:
+        predict.main(["--top=0", str(afile)])
+    assert done.value.code == 2 and "--top: 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_hear_api(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ import torch
 from eval import hear
 from eval.audio import load_audio
 from eval.datasets import load_dataset
-from eval.features import mean_max
+from eval.features import extract_features
+from eval.svm import clip_samples
 from models.autoencoder import autoencoder
-from models.layers import receptive_field, scale_waveform
+from models.layers import receptive_field
 from models.soundnet import soundnet8
 from models.weights import PretrainedError
 from schemas import SAMPLE_RATE as SR
@@ -151,10 +152,31 @@ def test_hop_options_and_scene_embeddings(authors: hear.SoundNetEmbedding) -> No
     fine, _ = hear.get_timestamp_embeddings(audio, authors)
     coarse, _ = hear.get_timestamp_embeddings(audio, hear.SoundNetEmbedding(authors.net, 2048))
     torch.testing.assert_close(fine[:, ::2], coarse, rtol=1e-4, atol=1e-4)
-    # scene embeddings as before: pool5's mean and max over the clip tiled by the network
-    with torch.inference_mode():
-        pool5 = authors.net.features(scale_waveform(audio), "pool5")
-    torch.testing.assert_close(hear.get_scene_embeddings(audio, authors), mean_max(pool5))
+
+
+def test_scene_embeddings_are_eval_runs_features(
+    authors: hear.SoundNetEmbedding, shared_esc10: Path
+) -> None:
+    """A 5 s ESC-10 clip's scene embedding is, to the bit, eval.run's SVM sample of it at the
+    same layer (tiled to 10 s; it was tiled to the network's 9.5 s input)."""
+    clip = load_dataset("esc10", shared_esc10).clips[0].path
+    layer = authors.scene_layer
+    features = extract_features(authors.net, [clip], [layer], progress=False)[layer]
+    [sample] = clip_samples(features, "pooled")  # [1, 512]
+    scene = hear.get_scene_embeddings(torch.from_numpy(load_audio(clip))[None], authors)
+    assert scene.dtype == torch.float32 and np.array_equal(scene.numpy(), sample)
+
+
+def test_train_mode_changes_nothing() -> None:
+    """The HEAR model stays in inference mode whatever train() is asked: BatchNorm's batch
+    statistics would change the embeddings (only .net was put in eval mode)."""
+    model = hear.load_model("random:soundnet8")
+    audio = torch.rand(2, SR, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scene = hear.get_scene_embeddings(audio, model)
+    frames, _ = hear.get_timestamp_embeddings(audio, model)
+    assert model.train() is model and not any(m.training for m in model.modules())
+    assert torch.equal(hear.get_scene_embeddings(audio, model), scene)
+    assert torch.equal(hear.get_timestamp_embeddings(audio, model)[0], frames)
 
 
 def hear_tool(package: str) -> dict[str, str]:
