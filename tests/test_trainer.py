@@ -82,6 +82,7 @@ def test_training_lowers_the_loss_and_resumes_where_it_stopped(pipeline_output, 
     run_module(*common, "--steps=50", "--resume", "--checkpoint-every=1000")
     train = read_metrics(run, "train")
     assert [r["step"] for r in train] == list(range(1, 51))  # 41..50 appended, nothing twice
+    assert [r["samples"] for r in train] == [4 * step for step in range(1, 51)]  # since step 0
     resumed = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert resumed["step"] == 50
     adam = resumed["optimizer"]["state"][0]

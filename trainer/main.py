@@ -314,9 +314,9 @@ def main(argv: list[str] | None = None) -> None:
                                  weight_decay=args.weight_decay)  # fmt: skip
     checkpoints = Checkpoints(out, model, optimizer, args, shards.labels if distil else {}, world,
                               is_main)  # fmt: skip
-    start, prior = 0, Prior.empty(heads if distil else {})
+    start, prior, samples_seen = 0, Prior.empty(heads if distil else {}), 0
     if args.resume and checkpoints.last.is_file():
-        start, prior = checkpoints.resume(heads, rank)
+        start, prior, samples_seen = checkpoints.resume(heads, rank)
     elif args.resume:
         log.info("--resume: no %s yet, starting fresh", checkpoints.last)
     elif args.init:
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (is_main and args.progress))  # fmt: skip
     data_log, window = DataLog(metrics, rank), TrainWindow(list(heads))
-    skipped_in_a_row, samples_seen, began, step = 0, 0, time.time(), start
+    skipped_in_a_row, began, step = 0, time.time(), start  # samples_seen: since step 0
     try:
         for step in range(start + 1, args.steps + 1):
             batch = next(batches, None)
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("step %d validation: %s", step, json.dumps(result))  # rank 0 logs info
                 window.tick = time.time()
             if last_step or (args.checkpoint_every and step % args.checkpoint_every == 0):
-                checkpoints.save(step, prior)
+                checkpoints.save(step, prior, samples_seen)
                 window.tick = time.time()
     except NonFiniteLoss as err:
         raise SystemExit(f"trainer: {err}") from err

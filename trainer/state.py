@@ -73,7 +73,7 @@ class Checkpoints:
     def last(self) -> Path:
         return self.out / LAST
 
-    def save(self, step: int, prior: Prior) -> None:
+    def save(self, step: int, prior: Prior, samples: int) -> None:
         rngs = gather(capture_rng())
         # every rank checks (the weights are the same everywhere), so all stop together
         if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()):
@@ -84,7 +84,7 @@ class Checkpoints:
         save_checkpoint(
             path, self.model, self.args.arch, self.labels, step=step,
             optimizer=self.optimizer.state_dict(), rng=rngs, config=vars(self.args),
-            world_size=self.world, prior=prior.state(),
+            world_size=self.world, prior=prior.state(), samples=samples,
         )  # fmt: skip
         publish_last(path, self.last)
         if self.args.keep_checkpoints:
@@ -101,8 +101,9 @@ class Checkpoints:
                 f"every node sees (a shared file system), so that --resume reads the same {LAST}"
             )
 
-    def resume(self, heads: dict[str, int], rank: int) -> tuple[int, Prior]:
-        """Model, optimiser and this rank's RNG from last.pt; its step and prior."""
+    def resume(self, heads: dict[str, int], rank: int) -> tuple[int, Prior, int]:
+        """Model, optimiser and this rank's RNG from last.pt; its step, prior and the samples
+        trained on until then (0 from checkpoints written before they were kept)."""
         ckpt = load_checkpoint(self.last)
         if ckpt["arch"] != self.args.arch or ckpt["heads"] != self.model.head_sizes:
             raise SystemExit(
@@ -114,4 +115,4 @@ class Checkpoints:
         if len(ckpt["rng"]) == self.world:  # the same ranks again: each continues its streams
             restore_rng(ckpt["rng"][rank])
         log.info("resumed from %s at step %d", self.last, ckpt["step"])
-        return int(ckpt["step"]), Prior.from_state(ckpt["prior"])
+        return int(ckpt["step"]), Prior.from_state(ckpt["prior"]), int(ckpt.get("samples", 0))
