@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -69,8 +70,13 @@ def _list_directory(root: str) -> list[str]:
         return sorted(
             m.path for m in FileSystems.match([pattern])[0].metadata_list if is_media_name(m.path)
         )
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    found, seen = [], set()
+    # linked folders are followed (a corpus of links into several disks), each folder once
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if os.path.realpath(dirpath) in seen:  # a link back up the tree, or a second link
+            dirnames[:] = []
+            continue
+        seen.add(os.path.realpath(dirpath))
         dirnames.sort()
         # A directory named like a video is listed too, so it becomes a failures row, not a
         # silent omission.
@@ -94,7 +100,7 @@ def _resolve(entry: str, base: str) -> str:
 
 def _read_text_list(path: str) -> list[tuple[str, str | None]]:
     with FileSystems.open(path) as f:
-        lines = f.read().decode("utf-8").splitlines()
+        lines = f.read().decode("utf-8-sig").splitlines()  # -sig: a byte-order mark is no path
     entries = [line.strip() for line in lines]
     return [(_resolve(e, path), None) for e in entries if e and not e.startswith("#")]
 
@@ -102,15 +108,20 @@ def _read_text_list(path: str) -> list[tuple[str, str | None]]:
 def _read_manifest(path: str) -> list[tuple[str, str | None]]:
     try:
         with FileSystems.open(path) as f:
-            table = pq.read_table(f) if path.lower().endswith(".parquet") else pacsv.read_csv(f)
+            if path.lower().endswith(".parquet"):
+                table = pq.read_table(f)
+            else:  # ids as written ('007' is not 7), and an empty cell is empty, not null
+                types = {"uri": pa.string(), "id": pa.string()}
+                convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+                table = pacsv.read_csv(f, convert_options=convert)
     except Exception as err:
         raise InputListError(f"{path}: cannot read the manifest: {err}") from err
     table = validate_table(table, MANIFEST_SCHEMA, what=path)
     ids = table.column("id").to_pylist()
-    return [
-        (_resolve(u, path), i or None)
-        for u, i in zip(table.column("uri").to_pylist(), ids, strict=True)
-    ]
+    uris = [u.strip() for u in table.column("uri").to_pylist()]
+    if "" in uris:
+        raise InputListError(f"{path}: row {uris.index('') + 1} has an empty uri")
+    return [(_resolve(u, path), i or None) for u, i in zip(uris, ids, strict=True)]
 
 
 def read_input_entries(spec: str) -> list[tuple[str, str | None]]:

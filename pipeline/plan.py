@@ -42,7 +42,7 @@ class ShardTask(NamedTuple):
     """What crosses the pipeline's one shuffle: where a task's videos are listed."""
 
     task: int
-    plan_file: str  # path of a PLAN_SCHEMA file
+    plan_file: str  # name of a PLAN_SCHEMA file in the output's _plan/ (earlier runs: its path)
     row_group: int
     videos: int
 
@@ -122,7 +122,7 @@ def make_plan(
     tasks = []
     per_file = TASKS_PER_PLAN_FILE * videos_per_shard
     for number, first in enumerate(range(0, len(uris), per_file)):
-        name = plan_path(output, f"videos-{number:05d}.parquet")
+        name = f"videos-{number:05d}.parquet"  # a name: the output may be moved or relative
         count = min(per_file, len(uris) - first)
         positions = [i % videos_per_shard for i in range(count)]
         task_of = [(first + i) // videos_per_shard for i in range(count)]
@@ -131,7 +131,9 @@ def make_plan(
             schema=PLAN_SCHEMA,
         )
         # one row group per task: a worker reads its own videos only
-        files.write_atomic(name, files.table_bytes(table, row_group_size=videos_per_shard))
+        files.write_atomic(
+            plan_path(output, name), files.table_bytes(table, row_group_size=videos_per_shard)
+        )
         for group, task in enumerate(range(task_of[0], task_of[-1] + 1)):
             videos = min(videos_per_shard, len(uris) - task * videos_per_shard)
             tasks.append({"task": task, "plan_file": name, "row_group": group, "videos": videos})
@@ -159,9 +161,10 @@ def remove_pending(output: str) -> None:
     files.delete(files.listing(files.join(output, PLAN_DIR), f"{PENDING_PREFIX}*.parquet"))
 
 
-def read_task_videos(task: ShardTask) -> list[PlannedVideo]:
+def read_task_videos(output: str, task: ShardTask) -> list[PlannedVideo]:
     """The videos of one task, in input order (its row group of the plan: nothing else)."""
-    with files.open_file(task.plan_file) as f:
+    path = plan_path(output, task.plan_file.rsplit("/", 1)[-1])
+    with files.open_file(path) as f:
         table = pq.ParquetFile(f).read_row_group(task.row_group)
     rows = zip(
         *(table.column(c).to_pylist() for c in ("task", "position", "uri", "video_id")), strict=True
@@ -169,6 +172,6 @@ def read_task_videos(task: ShardTask) -> list[PlannedVideo]:
     videos = [PlannedVideo(pos, uri, vid) for t, pos, uri, vid in rows if t == task.task]
     if len(videos) != task.videos:
         raise RuntimeError(
-            f"{task.plan_file}: task {task.task} lists {len(videos)} videos, not {task.videos}"
+            f"{path}: task {task.task} lists {len(videos)} videos, not {task.videos}"
         )
     return videos

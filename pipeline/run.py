@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -86,6 +87,19 @@ def content_options(
     }
 
 
+def check_limits(opts: SoundNetOptions) -> None:
+    """The options that are not lengths, in their ranges: refused before the plan, not by every
+    worker (a batch of 0) or every video (a timeout of 0) after it."""
+    if not (math.isfinite(opts.shard_audio_minutes) and opts.shard_audio_minutes > 0):
+        raise ValueError("--shard-audio-minutes must be a positive number")
+    if opts.teacher_batch_size < 1:
+        raise ValueError("--teacher-batch-size must be at least 1")
+    if not (math.isfinite(opts.decode_timeout) and opts.decode_timeout > 0):
+        raise ValueError("--decode-timeout must be a positive number of seconds")
+    if not 0 <= opts.max_failed_fraction <= 1:
+        raise ValueError("--max-failed-fraction must be between 0 and 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # first: before the runner starts threads or worker processes
     setup_logging()
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.input or not opts.output:
             raise UsageError("--input and --output are required (see --help)")
         output = opts.output = opts.output.rstrip("/")
+        if not files.is_remote(output):  # workers may run elsewhere than this directory
+            output = opts.output = os.path.abspath(output)
         if not files.is_remote(output) and os.path.exists(output) and not os.path.isdir(output):
             raise UsageError(f"--output {output}: is a file, not a directory")
     except UsageError as err:
@@ -106,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # Plan: inputs -> shard tasks, written under the output (or checked against its plan)
     try:
         segments = SegmentPlan(opts.segment_seconds, opts.frame_interval, opts.min_segment_seconds)
-        if opts.shard_audio_minutes <= 0:
-            raise ValueError("--shard-audio-minutes must be positive")
+        check_limits(opts)
         if runs_here(options):  # its GPUs are this machine's: not found out after the plan
             usable_device(opts.device)
         else:  # a cluster's workers have the GPUs, not necessarily this driver

@@ -9,6 +9,7 @@ A partial trailing step gets no frame of its own (the trainer uses whole steps o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,13 @@ class SegmentPlan:
     sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
+        lengths = (self.segment_seconds, self.frame_interval, self.min_segment_seconds)
+        if not all(math.isfinite(s) for s in lengths):
+            raise ValueError(
+                "segment_seconds, frame_interval and min_segment_seconds must be finite"
+            )
+        if self.samples(self.frame_interval) < 1:
+            raise ValueError(f"frame_interval {self.frame_interval:g} s is under one audio sample")
         if not 0 < self.frame_interval <= self.segment_seconds:
             raise ValueError("need 0 < frame_interval <= segment_seconds")
         if not 0 < self.min_segment_seconds <= self.segment_seconds:

@@ -104,7 +104,7 @@ class TaskWriter:
         )
         first_part = last.part + 1 if last else 0
         with ShardSequence(s.output, task.task, s.shard_audio_s, first_part) as shards:
-            for video in read_task_videos(task)[start.video :]:
+            for video in read_task_videos(s.output, task)[start.video :]:
                 skip = start.segment if video.position == start.video else 0
                 for done in self._labelled(labeller, video, skip):
                     self._write(done, shards, summary)

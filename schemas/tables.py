@@ -59,7 +59,7 @@ PLAN_SCHEMA = pa.schema(
 TASKS_SCHEMA = pa.schema(
     [
         pa.field("task", pa.int32(), nullable=False),
-        pa.field("plan_file", pa.string(), nullable=False),  # a file of PLAN_SCHEMA rows
+        pa.field("plan_file", pa.string(), nullable=False),  # in _plan/: PLAN_SCHEMA rows
         pa.field("row_group", pa.int32(), nullable=False),  # the task's row group in it
         pa.field("videos", pa.int32(), nullable=False),
     ]

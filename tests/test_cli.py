@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.options import SoundNetOptions, _project_parser
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, run_module, run_pipeline
 from tests.test_architecture import FORBIDDEN
 
 PACKAGES = set(FORBIDDEN)  # the packages of the architecture
@@ -89,6 +89,24 @@ def test_wrong_paths_are_one_line_errors(tmp_path):
     proc = pipeline_run(f"--input={listing}", f"--output={tmp_path / 'out'}")
     assert proc.returncode == 2 and "no media in it" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("--teacher-batch-size=0", "--teacher-batch-size must be at least 1"),
+     ("--decode-timeout=0", "--decode-timeout must be a positive number"),
+     ("--shard-audio-minutes=nan", "--shard-audio-minutes must be a positive number"),
+     ("--max-failed-fraction=1.5", "--max-failed-fraction must be between 0 and 1"),
+     ("--segment-seconds=inf", "must be finite"),
+     ("--frame-interval=0.00002", "under one audio sample")],
+)  # fmt: skip
+def test_options_out_of_range_stop_the_run_before_any_work(tmp_path, capsys, option, message):
+    """Each had gone on to fail in every worker (a batch of 0: a traceback), every video (a
+    timeout of 0, an infinite segment: failures rows and exit 0) or every rerun (NaN != NaN)."""
+    out = tmp_path / "out"
+    code = run_pipeline(f"--input={REPO / 'samples' / 'videos'}", f"--output={out}", option)
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -60,6 +60,36 @@ def test_a_path_that_exists_is_not_a_glob(tmp_path):
         read_input_entries(str(folder / "*.mp4"))
 
 
+def test_lists_read_as_written(tmp_path):
+    """Ids are text ('007' and '7' are two ids; CSV reading had made both 7), a list with a
+    byte-order mark loses no entry, an empty uri is an error, not the manifest's folder."""
+    ids = tmp_path / "ids.csv"
+    ids.write_text("uri,id\na.mp4,007\nb.mp4,7\nc.mp4,\n")
+    assert read_input_entries(str(ids)) == [
+        (str(tmp_path / "a.mp4"), "007"), (str(tmp_path / "b.mp4"), "7"),
+        (str(tmp_path / "c.mp4"), None),
+    ]  # fmt: skip
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfa.mp4\r\nb.mp4\r\n")
+    assert [u for u, _ in read_input_entries(str(bom))] == [
+        str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")
+    ]  # fmt: skip
+    empty = tmp_path / "empty.csv"
+    empty.write_text("uri,id\na.mp4,x\n  ,y\n")
+    with pytest.raises(InputListError, match="empty.csv: row 2 has an empty uri"):
+        read_input_entries(str(empty))
+
+
+def test_linked_folders_are_searched_once(tmp_path):
+    (tmp_path / "disk" / "sub").mkdir(parents=True)
+    (tmp_path / "disk" / "sub" / "clip.mp4").write_bytes(b"x")
+    (tmp_path / "disk" / "sub" / "up").symlink_to("..")  # a loop
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "disk").symlink_to(tmp_path / "disk")
+    found = read_input_entries(str(tmp_path / "corpus"))
+    assert found == [(str(tmp_path / "corpus" / "disk" / "sub" / "clip.mp4"), None)]
+
+
 def test_bad_input_specs_are_clear_errors(tmp_path):
     with pytest.raises(InputListError, match="does not exist"):
         read_input_entries(str(tmp_path / "nope"))
@@ -75,7 +105,8 @@ def test_plan_assigns_stable_ids_and_tasks_and_drops_duplicate_uris(tmp_path):
     assert (plan.videos, plan.tasks) == (5, 3)
     tasks = [ShardTask(**row) for row in read_table(plan.tasks_file, TASKS_SCHEMA).to_pylist()]
     assert [(t.task, t.row_group, t.videos) for t in tasks] == [(0, 0, 2), (1, 1, 2), (2, 2, 1)]
-    videos = [read_task_videos(t) for t in tasks]  # each task reads its own row group only
+    out = str(tmp_path / "out")
+    videos = [read_task_videos(out, t) for t in tasks]  # each task reads its own row group only
     assert [[v.uri for v in vs] for vs in videos] == [
         ["/v/0.mp4", "/v/1.mp4"], ["/v/2.mp4", "/v/3.mp4"], ["/v/4.mp4"]
     ]  # fmt: skip
@@ -87,7 +118,11 @@ def test_plan_assigns_stable_ids_and_tasks_and_drops_duplicate_uris(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_plan").iterdir()} == before
     again = make_plan(str(tmp_path / "again"), entries, 2, {"segment_seconds": 20.0})
     again_tasks = read_table(again.tasks_file, TASKS_SCHEMA).to_pylist()
-    assert [v.video_id for t in again_tasks for v in read_task_videos(ShardTask(**t))] == first_ids
+    assert [
+        v.video_id
+        for t in again_tasks
+        for v in read_task_videos(str(tmp_path / "again"), ShardTask(**t))
+    ] == first_ids
     # other inputs or options on the same output are refused, naming what differs
     with pytest.raises(InputListError, match="different inputs_sha256"):
         make_plan(str(tmp_path / "out"), entries[:3], 2, {"segment_seconds": 20.0})

@@ -237,6 +237,26 @@ def test_names_with_brackets_are_names_not_globs(tmp_path):
     assert resolve_shards(str(shard)).urls == [str(shard)]
 
 
+def test_a_run_planned_in_a_relative_folder_resumes_from_anywhere(tmp_path, monkeypatch):
+    """The plan kept its video lists' paths as given: a killed run whose --output was relative,
+    started again from another directory, failed with a worker traceback."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("mdn-ie_friday.mp4", "mdn-la_rabbit320.mp4"):
+        shutil.copy(REPO / "samples" / "videos" / name, videos / name)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline("--input=videos", "--output=out", "--videos-per-shard=1") == 0
+    out = tmp_path / "out"
+    for killed in [*out.glob("_progress/done/*000001*"), *out.glob("shards/*000001*")]:
+        killed.unlink()  # task 1 as a killed run leaves it: not done, its shard not written
+    monkeypatch.chdir(REPO)
+    assert run_pipeline(f"--input={videos}", f"--output={out}", "--videos-per-shard=1") == 0
+    index = read_table(out / "index.parquet", INDEX_SCHEMA)
+    assert sorted(index.column("shard").to_pylist()) == [
+        "shard-000000-0000.tar", "shard-000001-0000.tar"
+    ]  # fmt: skip
+
+
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
     proc = run_module("recipes.demo", f"--output={tmp_path / 'demo'}")
