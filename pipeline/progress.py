@@ -27,6 +27,7 @@ from schemas import (
     FAILURES_SCHEMA,
     INDEX_FILE,
     INDEX_SCHEMA,
+    SHARDS_DIR,
     shard_name,
     table_from_rows,
 )
@@ -98,6 +99,30 @@ def finished_tasks(output: str) -> set[int]:
     """One listing: the tasks whose every shard is finished."""
     markers = files.listing(_folder(output, "done"), "task-*.json")
     return {int(m.rsplit("task-", 1)[1].removesuffix(".json")) for m in markers}
+
+
+def forget_lost_shards(output: str) -> list[str]:
+    """Shards marked finished whose files are gone (deleted, lost by a disk): their markers
+    and rows go, with those of their tasks' later shards and the tasks' own markers, so that
+    the run writes them again from where each task's last shard left off. One listing of the
+    shards and one of the markers. Returns the lost shards' names."""
+    present = {p.rsplit("/", 1)[-1] for p in files.listing(files.join(output, SHARDS_DIR), "*.tar")}
+    markers = files.listing(_folder(output, "done"), "shard-*.json")
+    parts = [tuple(map(int, m.rsplit("/", 1)[-1][6:-5].split("-"))) for m in markers]
+    lost = sorted((t, p) for t, p in parts if shard_name(t, p) not in present)
+    redo_from: dict[int, int] = {}
+    for task, part in lost:
+        redo_from.setdefault(task, part)
+    redone = sorted(
+        ((t, p) for t, p in parts if p >= redo_from.get(t, p + 1)), key=lambda tp: -tp[1]
+    )
+    # in an order a kill cannot spoil: the tasks' markers, then the shards' from the last part
+    # down (the lost one's goes last: until then a rerun finds it lost again), then their rows
+    stale = [_path(output, "done", f"task-{task:06d}.json") for task in redo_from]
+    for kind, ext in (("done", "json"), ("index", "parquet"), ("failures", "parquet")):
+        stale += [_path(output, kind, f"{shard_stem(t, p)}.{ext}") for t, p in redone]
+    files.delete([path for path in stale if files.exists(path)])
+    return [shard_name(task, part) for task, part in lost]
 
 
 @dataclass

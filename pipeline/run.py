@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     files.remove_temporaries(output)
     remove_pending(output)
+    for name in progress.forget_lost_shards(output):
+        log.warning("%s was finished but is gone: its task writes it again", name)
     finished = progress.finished_tasks(output)
     log.info("%d inputs in %d shard tasks: %d to do, %d finished before", plan.videos,
              plan.tasks, plan.tasks - len(finished), len(finished))  # fmt: skip

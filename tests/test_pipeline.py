@@ -257,6 +257,26 @@ def test_a_run_planned_in_a_relative_folder_resumes_from_anywhere(tmp_path, monk
     ]  # fmt: skip
 
 
+def test_a_lost_shard_is_written_again_by_the_rerun(tmp_path):
+    """A finished shard deleted (or lost with a disk): the rerun had said '0 to do' and kept
+    listing it in index.parquet. It now writes it, and its task's later shards, again."""
+    args = [f"--input={REPO / 'samples' / 'videos' / 'mdn-ie_friday.mp4'}",
+            f"--output={tmp_path / 'out'}", "--segment-seconds=2", "--frame-interval=1",
+            "--shard-audio-minutes=0.02"]  # fmt: skip
+    assert run_pipeline(*args) == 0
+    shards = tmp_path / "out" / "shards"
+    before = read_table(tmp_path / "out" / "index.parquet", INDEX_SCHEMA).to_pylist()
+    names = sorted(p.name for p in shards.iterdir())
+    assert len(names) >= 3
+    (shards / names[1]).unlink()
+    first_written = (shards / names[0]).stat().st_mtime_ns
+    assert run_pipeline(*args) == 0
+    assert sorted(p.name for p in shards.iterdir()) == names
+    assert (shards / names[0]).stat().st_mtime_ns == first_written  # the part before: kept
+    after = read_table(tmp_path / "out" / "index.parquet", INDEX_SCHEMA).to_pylist()
+    assert after == before
+
+
 def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     """The command behind `make demo`, as a user runs it (needs nothing beside the repo)."""
     proc = run_module("recipes.demo", f"--output={tmp_path / 'demo'}")
