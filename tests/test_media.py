@@ -204,6 +204,21 @@ def test_decode_audio_pads_a_late_stream_to_the_container_start(made):
     assert audio[int(1.1 * SR) :].astype(np.float64).std() > 1000
 
 
+def test_decode_audio_fills_a_gap_in_the_track_with_silence(tmp_path):
+    """Audio whose timestamps jump from 2 s to 5 s (packets dropped, a recording paused): the
+    3 s were collapsed, so everything after them was paired with frames from 3 s later."""
+    gap = tmp_path / "gap.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=8", "-f", "lavfi", "-i",
+           "sine=frequency=440:duration=5", "-filter_complex",
+           "[1]asetpts='if(gte(T,2),PTS+3/TB,PTS)'[a]", "-map", "0", "-map", "[a]", "-c:v",
+           "libx264", "-preset", "ultrafast", "-c:a", "libopus", str(gap))  # fmt: skip
+    audio = decode.decode_audio(str(gap), decode.probe(str(gap))).astype(np.float64)
+    assert len(audio) == pytest.approx(8 * SR, abs=0.05 * SR)
+    assert audio[int(0.1 * SR) : int(1.9 * SR)].std() > 1000
+    assert not audio[int(2.2 * SR) : int(4.9 * SR)].any()  # the gap, silent
+    assert audio[int(5.1 * SR) : int(7.9 * SR)].std() > 1000  # the sound after it, in its place
+
+
 def test_a_long_track_is_held_in_a_mapped_file_with_the_same_samples(
     shared_videos, made, tmp_path, monkeypatch
 ):

@@ -148,18 +148,34 @@ def _first_frame(container: av.container.InputContainer, stream: av.stream.Strea
 # audio
 
 
+# A jump forward in the audio's timestamps longer than this is a gap, filled with silence
+# (ffmpeg's aresample min_hard_comp default); shorter ones are timestamp jitter.
+GAP_S = 0.1
+
+
 def decode_audio(path: str, stream_index: int, timeout_s: float = math.inf) -> np.ndarray:
     """The audio stream as int16 mono 22050 Hz, all channels mixed down: what
-    `ffmpeg -ac 1 -ar 22050 -f s16le` gives (the same swresample underneath)."""
+    `ffmpeg -ac 1 -ar 22050 -f s16le` gives (the same swresample underneath), except that a gap
+    in the stream's timestamps (dropped packets, a recording paused) is filled with silence, up
+    to the container's end: collapsed, it would put all later audio early against its frames."""
     deadline = _deadline(timeout_s)
     with _open(path) as container:
         stream = container.streams[stream_index] if stream_index >= 0 else None
         stream = stream or container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         spool = AudioSpool()  # a long track goes to a temporary file, not the heap
+        end = _seconds(container.duration, Fraction(1, av.time_base))  # None: not known
+        start = _seconds(container.start_time, Fraction(1, av.time_base)) or 0.0
+        last_end = math.inf if end is None else start + end
+        heard_until: float | None = None  # where the last frame's audio ended
         for packet in container.demux(stream):  # only this stream's packets are read out
             _check(deadline, timeout_s)
             for frame in packet.decode():  # a corrupt packet raises: the tools take over
+                if frame.time is not None:
+                    if heard_until is not None and frame.time - heard_until > GAP_S:
+                        _write_silence(spool, min(frame.time, last_end) - heard_until)
+                    ends = frame.time + frame.samples / frame.sample_rate
+                    heard_until = ends if heard_until is None else max(heard_until, ends)
                 for out in resampler.resample(frame):
                     spool.write(out.to_ndarray())
         for out in resampler.resample(None):
@@ -167,6 +183,17 @@ def decode_audio(path: str, stream_index: int, timeout_s: float = math.inf) -> n
     if not spool.size:
         raise Unfit("no audio samples decoded")
     return spool.array()
+
+
+def _write_silence(spool: AudioSpool, seconds: float) -> None:
+    left = max(0, round(seconds * SAMPLE_RATE))
+    while left:  # in pieces: a gap may be hours long
+        piece = min(left, len(_SILENCE))
+        spool.write(_SILENCE[:piece])
+        left -= piece
+
+
+_SILENCE = np.zeros(10 * SAMPLE_RATE, np.int16)
 
 
 # ---------------------------------------------------------------------------------------------
