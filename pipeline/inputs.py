@@ -9,19 +9,18 @@ installed. The order is deterministic, so that a rerun plans every video into th
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import tempfile
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import files
 from pipeline.errors import InputError
 from schemas import MANIFEST_SCHEMA, validate_table
 
@@ -60,13 +59,9 @@ def is_media_name(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS if "." in name else False
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri
-
-
 def _list_directory(root: str) -> list[str]:
-    if _is_remote(root):
-        pattern = glob.escape(root.rstrip("/")) + "/**"
+    if files.is_remote(root):
+        pattern = files.as_pattern(root.rstrip("/")) + "/**"
         return sorted(
             m.path for m in FileSystems.match([pattern])[0].metadata_list if is_media_name(m.path)
         )
@@ -88,12 +83,12 @@ def _list_directory(root: str) -> list[str]:
 
 def _glob(pattern: str) -> list[str]:
     matches = FileSystems.match([pattern])[0].metadata_list
-    return sorted(m.path if _is_remote(m.path) else os.path.abspath(m.path) for m in matches)
+    return sorted(m.path if files.is_remote(m.path) else os.path.abspath(m.path) for m in matches)
 
 
 def _resolve(entry: str, base: str) -> str:
     """List entries may be relative to the list file's directory."""
-    if _is_remote(entry) or os.path.isabs(entry) or _is_remote(base):
+    if files.is_remote(entry) or os.path.isabs(entry) or files.is_remote(base):
         return entry
     return os.path.abspath(os.path.join(os.path.dirname(base), entry))
 
@@ -128,9 +123,9 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
     """(uri, explicit id or None) for every input named by `spec`, in a deterministic order."""
     lower = spec.lower()
     # a path that exists is itself, even when its name has brackets ('Title [id].mp4')
-    exists = FileSystems.exists(spec) if _is_remote(spec) else Path(spec).exists()
+    exists = files.exists(spec)
     is_glob = not exists and any(c in spec for c in GLOB_CHARS)
-    if not _is_remote(spec) and not is_glob and not exists:
+    if not files.is_remote(spec) and not is_glob and not exists:
         raise InputListError(f"--input {spec!r} does not exist")
     if is_glob:
         entries = [(u, None) for u in _glob(spec)]
@@ -138,10 +133,10 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
         entries = _read_manifest(spec)
     elif os.path.splitext(lower)[1] in LIST_EXTENSIONS:
         entries = _read_text_list(spec)
-    elif (not _is_remote(spec) and os.path.isdir(spec)) or spec.endswith("/"):
+    elif (not files.is_remote(spec) and os.path.isdir(spec)) or spec.endswith("/"):
         entries = [(u, None) for u in _list_directory(spec)]
     elif is_media_name(spec):
-        entries = [(spec if _is_remote(spec) else os.path.abspath(spec), None)]
+        entries = [(spec if files.is_remote(spec) else os.path.abspath(spec), None)]
     else:
         raise InputListError(
             f"--input {spec!r}: not a directory, glob, .txt list, CSV/Parquet manifest or media file"
@@ -163,7 +158,7 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
 def local_media(uri: str, timeout_s: float = 600) -> Iterator[str]:
     """A local path for `uri`: the path itself, or a temporary copy of a remote object
     (gs://, s3://, ... through Beam's FileSystems; http(s):// through urllib), deleted after."""
-    if not _is_remote(uri) or uri.startswith("file://"):
+    if not files.is_remote(uri) or uri.startswith("file://"):
         yield uri.removeprefix("file://")
         return
     name = uri.rstrip("/").rsplit("/", 1)[-1] or "video"

@@ -40,6 +40,12 @@ def shard_stem(task: int, part: int) -> str:
     return shard_name(task, part).removesuffix(".tar")
 
 
+def _task_and_part(marker: str) -> tuple[int, int]:
+    """(task, part) of a shard's marker, .../shard-TTTTTT-PPPP.json."""
+    _, task, part = marker.rsplit("/", 1)[-1].removesuffix(".json").split("-")
+    return int(task), int(part)
+
+
 def _folder(output: str, kind: str) -> str:
     return files.join(output, PROGRESS_DIR, kind)
 
@@ -108,7 +114,7 @@ def forget_lost_shards(output: str) -> list[str]:
     shards and one of the markers. Returns the lost shards' names."""
     present = {p.rsplit("/", 1)[-1] for p in files.listing(files.join(output, SHARDS_DIR), "*.tar")}
     markers = files.listing(_folder(output, "done"), "shard-*.json")
-    parts = [tuple(map(int, m.rsplit("/", 1)[-1][6:-5].split("-"))) for m in markers]
+    parts = [_task_and_part(m) for m in markers]
     lost = sorted((t, p) for t, p in parts if shard_name(t, p) not in present)
     redo_from: dict[int, int] = {}
     for task, part in lost:

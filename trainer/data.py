@@ -87,6 +87,13 @@ class UnreadableData(RuntimeError):
     """So many shards or samples in a row could not be used that the data, not one file, is
     bad: the loader stops instead of skipping forever."""
 
+    @property
+    def reason(self) -> str:
+        """The message, also where the DataLoader re-raised it from a worker inside that
+        worker's traceback (whose last line is this class's name and the message)."""
+        last = str(self).strip().splitlines()[-1]
+        return last.removeprefix(f"{__name__}.{type(self).__name__}: ")
+
 
 # ---------------------------------------------------------------------------------------------
 # Finding shards and their label names

@@ -401,9 +401,8 @@ def main(argv: list[str] | None = None) -> None:
                 window.tick = time.time()
     except NonFiniteLoss as err:
         raise SystemExit(f"trainer: {err}") from err
-    except data.UnreadableData as err:  # from a worker: its message's last line is the reason
-        reason = str(err).strip().splitlines()[-1]
-        raise SystemExit(f"trainer: {reason.removeprefix(_qualified(err) + ': ')}") from err
+    except data.UnreadableData as err:  # often from a worker: its reason, not its traceback
+        raise SystemExit(f"trainer: {err.reason}") from err
     finally:
         bar.close()
         metrics.close()
@@ -417,10 +416,6 @@ def main(argv: list[str] | None = None) -> None:
         ), indent=2) + "\n")  # fmt: skip
         log.info("done: step %d, %s", step, checkpoints.last)
     leave_process_group()
-
-
-def _qualified(err: Exception) -> str:
-    return f"{type(err).__module__}.{type(err).__name__}"
 
 
 if __name__ == "__main__":
