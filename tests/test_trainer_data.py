@@ -266,13 +266,18 @@ def torn_flac(samples) -> list[dict]:
     return [{**m, "flac": m["flac"][:100]} for m in map(encode_sample, samples)]
 
 
-def test_a_stream_of_bad_samples_is_an_error_not_a_hang(tmp_path):
+def test_a_stream_of_bad_samples_is_an_error_not_a_hang(tmp_path, caplog):
     """Every sample's audio torn: skipping them one by one went on for ever (3,000 a second,
-    never a batch); 10,000 in a row stop the loader, naming one."""
+    never a batch); 10,000 in a row stop the loader, naming one, after a few dozen log lines
+    (not 10,000)."""
     shard = write_shard(tmp_path / "torn.tar", torn_flac(make_samples(clips(2), [5.0, 5.0])))
     loader = make_loader([str(shard)], ["objects"], 2, workers=0)
-    with pytest.raises(data.UnreadableData, match=r"10001 samples in a row .*torn\.tar.*FLAC"):
+    torn_message = r"10001 samples in a row .*torn\.tar.*FLAC"
+    with caplog.at_level(logging.WARNING), pytest.raises(data.UnreadableData, match=torn_message):
         next(iter(loader))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("skipping bad sample in" in line and "torn.tar" in line for line in lines) == 30
+    assert "20 bad samples in a row: only every 1000th more is logged" in lines
 
 
 def test_inspecting_shards_skips_bad_samples_and_decodes_audio(tmp_path):

@@ -399,6 +399,7 @@ class LoaderEvents:
     # a sample's own problem is skipped; this many in a row is bad data, not a bad sample (a
     # stream of them otherwise loops for ever: ~3,000 a second, never a batch)
     max_consecutive_bad_samples: int = 10_000
+    bad_samples_logged: int = 20  # in a row, each with its own warning line
     shards: list[str] = field(default_factory=list)
     shard_errors: list[tuple[str, str]] = field(default_factory=list)
     sample_errors: list[tuple[str, str]] = field(default_factory=list)
@@ -440,8 +441,12 @@ class LoaderEvents:
             raise err
         url = getattr(err, "url", self.current)
         self.sample_errors.append((url, str(err)))
-        log.warning("skipping bad sample in %s: %s", url, err)
         self.consecutive_bad_samples += 1
+        n = self.consecutive_bad_samples
+        if n <= self.bad_samples_logged or n % 1000 == 0:  # not a line for each of thousands
+            log.warning("skipping bad sample in %s: %s", url, err)
+        if n == self.bad_samples_logged:
+            log.warning("%d bad samples in a row: only every 1000th more is logged", n)
         if self.consecutive_bad_samples > self.max_consecutive_bad_samples:
             raise UnreadableData(
                 f"{self.consecutive_bad_samples} samples in a row could not be used, the last "
