@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     # Record: the merged tables, run.json, a summary
     totals = progress.merge(output)
     counts = summarize(plan, totals)
+    this_run = {
+        "argv": args,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "tasks_written": plan.tasks - len(finished),
+        "total_s": round(time.time() - started, 3),
+    }
     record = {
         "schema_version": SCHEMA_VERSION,
         "argv": args,
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_s": round(time.time() - started, 3),
             "pipeline_s": round(beam_seconds, 3),
         },
+        "runs": earlier_runs(output) + [this_run],  # a resumed output's every invocation
     }
     files.write_atomic(
         files.join(output, RUN_FILE),
@@ -186,6 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def earlier_runs(output: str) -> list[dict]:
+    """The invocations recorded in the output's run.json before this one (a rerun rewrites
+    the file: without them a resumed run's first command and its timings were lost)."""
+    path = files.join(output, RUN_FILE)
+    if not files.exists(path):
+        return []
+    try:
+        record = json.loads(files.read_bytes(path))
+    except ValueError as err:
+        log.warning("%s is not JSON (%s): its earlier runs are not kept", path, err)
+        return []
+    if "runs" in record:
+        return record["runs"]
+    # written before run.json kept the list: its one run
+    return [{"argv": record.get("argv"), "total_s": record.get("timings", {}).get("total_s")}]
 
 
 def runs_here(options: PipelineOptions) -> bool:

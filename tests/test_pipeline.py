@@ -143,6 +143,9 @@ def test_rerunning_a_finished_output_changes_nothing(pipeline_output, tmp_path):
     args = json.loads((out / "run.json").read_text())["argv"]
     args = [a for a in args if not a.startswith(("--output", "--runner"))]
     assert run_pipeline(*args, f"--output={out}") == 0
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    assert len(runs) == 2 and runs[0]["tasks_written"] > 0 and runs[1]["tasks_written"] == 0
+    assert f"--output={out}" in runs[1]["argv"] and set(args) <= set(runs[1]["argv"])
     after = {
         p.relative_to(out): p.read_bytes()
         for p in out.rglob("*")
