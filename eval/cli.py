@@ -1,37 +1,17 @@
-"""argparse types of eval.run and eval.predict: a bad option fails at once, naming itself, and
-not after minutes of features (argparse prefixes each message with `argument --NAME:`)."""
+"""argparse types of eval.run and eval.predict beyond runtime/arguments.py's numbers: a bad
+option fails at once, naming itself, and not after minutes of features."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-
-def _number(text: str, kind: type[int] | type[float]) -> int | float:
-    try:
-        return kind(text)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"{text!r}: not {what}") from None
-
-
-def at_least_one(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
-
-
-def positive(text: str) -> float:
-    value = _number(text, float)
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
-    return value
+from runtime.arguments import whole_number
 
 
 def jobs(text: str) -> int:
     """joblib's n_jobs: N workers, or -1 for every core (-2 all but one, ...); never 0."""
-    value = _number(text, int)
+    value = whole_number(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0 means no worker: give N >= 1, or -1 for every core")
     return value

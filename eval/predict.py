@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval import cli
 from eval.audio import AudioError, load_audio, tile
 from eval.features import set_threads
 from models.checkpoint import CheckpointError
@@ -33,6 +32,7 @@ from models.pretrained import load_pretrained
 from models.soundnet import TRAINING_CROP_SAMPLES
 from models.weights import PretrainedError
 from runtime import keep_freed_memory
+from runtime.arguments import at_least_one
 from schemas import SAMPLE_RATE
 
 BATCH = 8  # segments per forward pass: bounded memory for long videos
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", default="original:soundnet8")
-    p.add_argument("--top", type=cli.at_least_one, default=5, help="classes shown per step")
+    p.add_argument("--top", type=at_least_one, default=5, help="classes shown per step")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("files", nargs="+")
     args = p.parse_args(argv)

@@ -14,6 +14,7 @@ models/pretrained.py and models/checkpoint.py.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 from typing import NamedTuple
 
 import torch
@@ -87,17 +88,32 @@ ARCHITECTURES = {"soundnet8": SOUNDNET8, "soundnet5": SOUNDNET5}
 PAPER_HEADS = {"objects": 1000, "scenes": 401}
 
 
+def check_heads(heads: Mapping[str, int]) -> None:
+    """Head name -> number of classes: at least one head, each of at least one class."""
+    example = "e.g. heads={'objects': 1000}"
+    if not isinstance(heads, Mapping):
+        raise TypeError(f"heads must map each head's name to its classes, {example}; got {heads!r}")
+    if not heads:
+        raise ValueError(f"SoundNet needs at least one head, {example}")
+    wrong = {
+        h: n
+        for h, n in heads.items()
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1
+    }
+    if wrong:
+        raise ValueError(f"heads {wrong}: each head needs a whole number of classes, at least 1")
+
+
 class SoundNet(nn.Module):
     """A stack of ConvBlocks (with max-pools) and one conv head per teacher."""
 
     def __init__(self, blocks: Sequence[ConvSpec], head: ConvSpec, heads: Mapping[str, int]):
         super().__init__()
-        if not heads:
-            raise ValueError("SoundNet needs at least one head, e.g. heads={'objects': 1000}")
+        check_heads(heads)
         self.architecture = Architecture(tuple(blocks), head)
         self.block_specs = self.architecture.blocks
         self.head_spec = head
-        self.head_sizes = dict(heads)
+        self.head_sizes = {h: int(n) for h, n in heads.items()}
         self.body = conv_body(blocks)
         in_channels = blocks[-1].out_channels
         self.heads = nn.ModuleDict(
@@ -143,14 +159,18 @@ class SoundNet(nn.Module):
         x = prepare_waveform(wave, self.min_samples)
         for module in self.body.values():
             x = module(x)
-        return {h: F.log_softmax(conv(x), dim=1).transpose(1, 2) for h, conv in self.heads.items()}
+        # in float32 also under bf16 autocast (CUDA's autocast does so; the CPU's would not)
+        return {
+            h: F.log_softmax(conv(x).float(), dim=1).transpose(1, 2)
+            for h, conv in self.heads.items()
+        }
 
 
 def soundnet8(heads: Mapping[str, int] | None = None) -> SoundNet:
     """SoundNet-8; by default the paper's heads (1000 ImageNet objects, 401 Places2 scenes)."""
-    return SoundNet(*SOUNDNET8, heads or PAPER_HEADS)
+    return SoundNet(*SOUNDNET8, PAPER_HEADS if heads is None else heads)
 
 
 def soundnet5(heads: Mapping[str, int] | None = None) -> SoundNet:
     """SoundNet-5; by default the paper's heads."""
-    return SoundNet(*SOUNDNET5, heads or PAPER_HEADS)
+    return SoundNet(*SOUNDNET5, PAPER_HEADS if heads is None else heads)

@@ -98,7 +98,11 @@ def test_torchrun_two_cpu_ranks_read_different_shards(factory_output, tmp_path):
     run = tmp_path / "RUN"
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
                 "--nproc-per-node=2"]  # fmt: skip
-    run_module(f"--shards={factory_output}", f"--out={run}", "--steps=3", "--batch-size=2",
+    bad = tmp_path / "shard-corrupt.tar"  # second in the list: rank 1's share (no resampling)
+    bad.write_bytes(os.urandom(100_000))
+    listed = "::".join([f"{factory_output}/shards/shard-000000-0000.tar", str(bad),
+                        f"{factory_output}/shards/shard-{{000001..000003}}-0000.tar"])  # fmt: skip
+    run_module(f"--shards={listed}", f"--out={run}", "--steps=3", "--batch-size=2",
                "--no-resample", "--checkpoint-every=0", "--log-every=1", *FAST,
                f"--val-shards={factory_output}", "--val-batches=1", launcher=torchrun)  # fmt: skip
     record = json.loads((run / "run.json").read_text())
@@ -112,6 +116,8 @@ def test_torchrun_two_cpu_ranks_read_different_shards(factory_output, tmp_path):
     assert load_checkpoint(run / "last.pt")["world_size"] == 2
     val = read_metrics(run, "val")
     assert len(val) == 1 and val[0]["samples"] == 2 * 2  # one batch from each rank, summed
+    errors = read_metrics(run, "data_error")  # rank 1's, written by rank 0 into the one file
+    assert [(e["url"], e["rank"]) for e in errors] == [(str(bad), 1)]
 
 
 def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_output, tmp_path):  # noqa: F811
@@ -121,13 +127,17 @@ def test_a_corrupt_shard_in_the_list_is_skipped_logged_and_counted(factory_outpu
     # 5 samples > the 4 of one epoch of these shards: every shard is read at least once
     trainer_main.main([f"--shards={factory_output}/shards/shard-{{000002..000003}}-0000.tar::{bad}",
                        f"--out={run}", "--steps=5", "--batch-size=1", "--no-resample",
-                       "--loss=l2", "--checkpoint-every=2", "--keep-checkpoints=2", *FAST])  # fmt: skip
+                       "--loss=l2", "--checkpoint-every=2", "--keep-checkpoints=2", *FAST,
+                       f"--val-shards={factory_output}", "--val-batches=1"])  # fmt: skip
     errors = read_metrics(run, "data_error")
     assert errors and errors[0]["url"] == str(bad) and "ReadError" in errors[0]["error"]
     train = read_metrics(run, "train")
     assert train[-1]["step"] == 5 and train[-1]["skipped_shards"] >= 1
     assert load_checkpoint(run / "last.pt")["config"]["loss"] == "l2"
     assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt", "step-4.pt", "step-5.pt"]
+    val = read_metrics(run, "val")[-1]  # an l2 run's validation loss is its l2, said so
+    per_head = [val[head]["l2"] for head in ("objects", "scenes")]
+    assert val["loss"] == pytest.approx(sum(per_head) / 2) and val["objects"]["kl"] >= 0
 
 
 def nan_at(step: int, monkeypatch) -> None:
@@ -169,10 +179,10 @@ def test_nonfinite_loss_can_skip_the_step(factory_output, tmp_path, monkeypatch)
 def test_init_from_a_checkpoint_and_heads_selection(factory_output, tmp_path):  # noqa: F811
     source = build_model("soundnet8", {"scenes": 6})
     save_checkpoint(tmp_path / "init.pt", source, "soundnet8", {"scenes": list("abcdef")}, step=9)
-    run = tmp_path / "RUN"
+    run = tmp_path / "RUN"  # --resume with no last.pt yet: a fresh run, and --init is used
     trainer_main.main([f"--shards={factory_output}", f"--out={run}", "--steps=1", "--lr=0",
                        "--batch-size=2", "--heads=scenes", f"--init={tmp_path / 'init.pt'}",
-                       *FAST])  # fmt: skip
+                       "--resume", *FAST])  # fmt: skip
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["heads"] == {"scenes": 6} and ckpt["labels"]["scenes"][0] == "scenes_class_0"
     for name, tensor in source.state_dict().items():
@@ -182,8 +192,10 @@ def test_init_from_a_checkpoint_and_heads_selection(factory_output, tmp_path):  
 
 def test_autoencoder_trains_from_the_same_shards(factory_output, tmp_path):  # noqa: F811
     run = tmp_path / "RUN"
+    other_heads = tmp_path / "other-heads"  # it reads no teacher rows: any heads validate it
+    make_pipeline_output(other_heads, 1, [5.0, 5.0], heads={"scenes": 6})
     trainer_main.main([f"--shards={factory_output}", f"--out={run}", "--arch=autoencoder",
-                       "--steps=2", "--batch-size=2", f"--val-shards={factory_output}",
+                       "--steps=2", "--batch-size=2", f"--val-shards={other_heads}",
                        "--val-batches=1", *FAST])  # fmt: skip
     assert [r["step"] for r in read_metrics(run, "train")][-1] == 2
     val = read_metrics(run, "val")[-1]
@@ -194,8 +206,12 @@ def test_autoencoder_trains_from_the_same_shards(factory_output, tmp_path):  # n
     assert model.features(torch.randn(1, 22050) * 50, "conv4").shape[1] == 128
 
 
-def test_bad_options_are_clear_errors(factory_output, tmp_path):  # noqa: F811
+def test_bad_options_are_clear_errors(factory_output, tmp_path, capsys):  # noqa: F811
     base = [f"--shards={factory_output}", f"--out={tmp_path / 'RUN'}", *FAST]
+    for bad in ("--log-every=0", "--batch-size=0", "--grad-clip=-1", "--beta1=1", "--lr=nan"):
+        with pytest.raises(SystemExit) as refused:  # argparse's usage error, before any work
+            trainer_main.main([*base, bad])
+        assert refused.value.code == 2 and bad.split("=")[0] in capsys.readouterr().err
     with pytest.raises(SystemExit, match="gives 1 output steps for 2 teacher frames"):
         trainer_main.main([*base, "--crop-seconds=10"])
     with pytest.raises(SystemExit, match="--heads \\['sky'\\]"):
@@ -215,3 +231,52 @@ def test_bad_options_are_clear_errors(factory_output, tmp_path):  # noqa: F811
     (relabelled / "labels" / "objects.txt").write_text("a\nb\nc\n")
     with pytest.raises(SystemExit, match="^--shards: .*objects.txt has 3 class names"):
         trainer_main.main([*base[1:], f"--shards={relabelled}"])
+
+
+def test_resume_contract(factory_output, tmp_path, caplog):  # noqa: F811
+    """What --resume promises: a new run never mixes into an earlier one's folder; the heads in
+    their order; options changed on resuming apply (and are said); a torn metrics line (a kill
+    mid-write) is dropped; a corrupt last.pt names the older checkpoints to go on from."""
+    run = tmp_path / "RUN"
+    base = [f"--shards={factory_output}", f"--out={run}", "--batch-size=1", "--arch=soundnet5",
+            "--checkpoint-every=1", "--log-every=1", *FAST]  # fmt: skip
+    trainer_main.main([*base, "--steps=2", "--heads=objects,scenes"])
+    with pytest.raises(SystemExit, match="holds an earlier run's checkpoints.*--resume continues"):
+        trainer_main.main([*base, "--steps=3"])
+    with pytest.raises(SystemExit, match="same order: --heads=objects,scenes"):
+        trainer_main.main([*base, "--steps=3", "--resume", "--heads=scenes,objects"])
+
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"kind": "train", "step": 3, "lo')  # killed while writing this line
+    trainer_main.main([*base, "--steps=3", "--resume", "--heads=objects,scenes", "--beta1=0.5",
+                       "--weight-decay=0.01"])  # fmt: skip
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
+    assert "options changed since" in caplog.text and "beta1 0.9 -> 0.5" in caplog.text
+    group = load_checkpoint(run / "last.pt")["optimizer"]["param_groups"][0]
+    assert group["betas"][0] == 0.5 and group["weight_decay"] == 0.01  # not the saved ones
+
+    (run / "last.pt").unlink()  # a hard link of step-3.pt: a new, corrupt file in its place
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="--resume: .*last.pt.*Older checkpoints: .*step-3.pt"):
+        trainer_main.main([*base, "--steps=4", "--resume", "--heads=objects,scenes"])
+
+
+def test_a_skipped_overflow_leaves_no_inf_in_the_model(factory_output, tmp_path, monkeypatch):  # noqa: F811
+    """An overflowing forward writes inf into BatchNorm's running stats before the loss is
+    seen to be inf; skipping the step must also undo that, or the saved model is broken."""
+    real, calls = trainer_main.data.batch_to, {"n": 0}
+
+    def loud_at_step_2(batch, device):
+        calls["n"] += 1
+        wave, targets = real(batch, device)
+        return (wave * 1e38 if calls["n"] == 2 else wave), targets
+
+    monkeypatch.setattr(trainer_main.data, "batch_to", loud_at_step_2)
+    run = tmp_path / "RUN"
+    trainer_main.main([f"--shards={factory_output}", f"--out={run}", "--steps=3",
+                       "--batch-size=2", "--on-nonfinite=skip", "--arch=soundnet5",
+                       "--log-every=1", *FAST])  # fmt: skip
+    assert [r["step"] for r in read_metrics(run, "skip")] == [2]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import logging
+import math
 import random
 import shutil
 import tarfile
@@ -21,6 +23,7 @@ import webdataset as wds
 from shardfactory import clips, factory_output, make_samples  # noqa: F401  (a fixture)
 
 from models.registry import build_model
+from models.soundnet import soundnet8
 from schemas import SampleError, SampleMetadata, encode_sample
 from trainer import data
 from trainer.data import DEFAULT_STEP_SAMPLES as STEP_SAMPLES
@@ -546,3 +549,30 @@ def test_a_validation_that_read_no_sample_has_no_score():
         "objects": {"kl": None, "top1": None, "prior_kl": None, "prior_top1": None},
         "loss": None,
     }
+
+
+def test_a_class_the_prior_never_saw_scores_finite_and_l2_runs_report_l2():
+    """float16 teacher rows underflow to 0: a class of no mass in the prior gave log 0, a
+    prior KL of inf and `Infinity` in metrics.jsonl (not JSON)."""
+    model = build_model("soundnet8", {"objects": 4})
+    prior = Prior.empty({"objects": 4})
+    prior.add({"objects": torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64)}, 4)
+    targets = torch.tensor([[[0.5, 0.4999, 1e-4, 0.0]]])
+    batch = {"wave": torch.zeros(1, model.step_samples, dtype=torch.int16),
+             "targets": {"objects": targets}}  # fmt: skip
+    kl = validate(model, [batch], prior, torch.device("cpu"), 0, nullcontext())
+    assert math.isfinite(kl["objects"]["prior_kl"]) and kl["loss"] == kl["objects"]["kl"]
+    json.loads(json.dumps(kl, allow_nan=False))
+    l2 = validate(model, [batch], prior, torch.device("cpu"), 0, nullcontext(), loss="l2")
+    assert l2["loss"] == l2["objects"]["l2"] != l2["objects"]["kl"]  # the run's loss, named
+
+
+def test_model_builders_refuse_heads_they_cannot_build():
+    assert soundnet8().head_sizes == {"objects": 1000, "scenes": 401}  # the paper's, by default
+    with pytest.raises(ValueError, match="at least one head"):
+        soundnet8({})  # not silently the paper's heads
+    with pytest.raises(TypeError, match="map each head's name to its classes.*got 1000"):
+        soundnet8(1000)
+    for bad in ({"objects": 0}, {"objects": -5}, {"objects": 2.5}):
+        with pytest.raises(ValueError, match="whole number of classes, at least 1"):
+            build_model("soundnet5", bad)

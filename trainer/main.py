@@ -41,6 +41,13 @@ from models.pretrained import load_pretrained
 from models.registry import ARCHS, DEFAULT_ARCH, build_model
 from models.soundnet import SoundNet
 from runtime import keep_freed_memory
+from runtime.arguments import (
+    at_least_one,
+    at_least_zero,
+    fraction_below_one,
+    not_negative,
+    positive,
+)
 from schemas import SAMPLE_RATE, FrameIntervalError, frames_per_step
 from schemas.io import write_text_atomic
 from trainer import data
@@ -76,13 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "dir of .tar, or http(s):// / pipe: URLs; join several with '::'")  # fmt: skip
     g.add_argument("--val-shards", help="validation shards, same forms as --shards")
     g.add_argument("--heads", default="", help="comma-separated teacher heads; empty: all")
-    g.add_argument("--crop-seconds", type=float, default=20.0,
+    g.add_argument("--crop-seconds", type=positive, default=20.0,
                    help="training crop, whole output steps of the model (SoundNet-8's: 5 s; "
                    "the paper: 20)")  # fmt: skip
     g.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                    help="resample shards per rank (balanced); no: each rank its own share")  # fmt: skip
-    g.add_argument("--shuffle-buffer", type=int, default=256, help="samples (0: no shuffling)")
-    g.add_argument("--workers", type=int, default=default_workers(),
+    g.add_argument(
+        "--shuffle-buffer", type=at_least_zero, default=256, help="samples (0: no shuffling)"
+    )
+    g.add_argument("--workers", type=at_least_zero, default=default_workers(),
                    help="data loader processes per rank")  # fmt: skip
     g = p.add_argument_group("model and loss")
     g.add_argument("--arch", choices=ARCHS, default=DEFAULT_ARCH, help="the student")
@@ -90,25 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="start from these weights (matching layers): a checkpoint, "
                    "original:soundnet8, a .t7 release")  # fmt: skip
     g = p.add_argument_group("optimiser")
-    g.add_argument("--batch-size", type=int, default=64, help="per rank")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
-    g.add_argument("--steps", type=int, default=100_000, help="total optimiser steps")
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear lr warmup")
+    g.add_argument("--batch-size", type=at_least_one, default=64, help="per rank")
+    g.add_argument("--lr", type=not_negative, default=1e-3, help="Adam learning rate")
+    g.add_argument("--beta1", type=fraction_below_one, default=0.9, help="Adam beta1")
+    g.add_argument("--beta2", type=fraction_below_one, default=0.999, help="Adam beta2")
+    g.add_argument("--weight-decay", type=not_negative, default=0.0, help="Adam L2 penalty")
+    g.add_argument("--steps", type=at_least_one, default=100_000, help="total optimiser steps")
+    g.add_argument("--warmup-steps", type=at_least_zero, default=0, help="linear lr warmup")
     g.add_argument("--decay", choices=("none", "cosine"), default="none",
                    help="lr schedule after warmup (the paper: none)")  # fmt: skip
-    g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
-    g.add_argument("--grad-clip", type=float, default=0.0, help="max grad norm (0: off)")
+    g.add_argument("--min-lr", type=not_negative, default=0.0, help="end of the cosine decay")
+    g.add_argument("--grad-clip", type=not_negative, default=0.0, help="max grad norm (0: off)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    g.add_argument("--log-every", type=int, default=10, help="steps per metrics line")
-    g.add_argument("--checkpoint-every", type=int, default=1000, help="(and at the end)")
-    g.add_argument("--keep-checkpoints", type=int, default=0, help="keep the newest N (0: all)")
-    g.add_argument("--val-every", type=int, default=1000, help="(and at the end)")
-    g.add_argument("--val-batches", type=int, default=0, help="per rank (0: the whole set)")
+    g.add_argument("--log-every", type=at_least_one, default=10, help="steps per metrics line")
+    g.add_argument("--checkpoint-every", type=at_least_zero, default=1000, help="(and at the end)")
+    g.add_argument(
+        "--keep-checkpoints", type=at_least_zero, default=0, help="keep the newest N (0: all)"
+    )
+    g.add_argument("--val-every", type=at_least_zero, default=1000, help="(and at the end)")
+    g.add_argument(
+        "--val-batches", type=at_least_zero, default=0, help="per rank (0: the whole set)"
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")  # fmt: skip
@@ -175,6 +188,11 @@ class Shards:
     labels: dict[str, list[str]]
 
 
+def reads_teachers(args: argparse.Namespace) -> bool:
+    """The students distil the teachers' rows; the autoencoder baseline reads audio only."""
+    return args.arch != "autoencoder"
+
+
 def open_shards(args: argparse.Namespace, world: int) -> Shards:
     """--shards, --val-shards and --heads, checked; the class names of the heads."""
     option = "--shards"
@@ -193,7 +211,7 @@ def open_shards(args: argparse.Namespace, world: int) -> Shards:
     if unknown:
         raise SystemExit(f"--heads {unknown}: the shards have {sorted(found.heads)}")
     heads = {h: found.heads[h].num_classes for h in wanted}
-    if val_found is not None:  # refused now, not at the first validation hours into the run
+    if val_found is not None and reads_teachers(args):  # now, not at step 1000, hours in
         theirs = {h: info.num_classes for h, info in val_found.heads.items()}
         if wrong := {h: theirs.get(h) for h, n in heads.items() if theirs.get(h) != n}:
             raise SystemExit(
@@ -303,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- data: which shards, which heads, their class names and frame interval
     shards = open_shards(args, world)
-    heads, distil = shards.heads, args.arch != "autoencoder"  # the autoencoder: no teacher rows
+    heads, distil = shards.heads, reads_teachers(args)
 
     # --- model and optimiser: fresh, --init, or resumed; crops in its output steps
     model = build_model(args.arch, heads)
@@ -317,10 +335,15 @@ def main(argv: list[str] | None = None) -> None:
     start, prior, samples_seen = 0, Prior.empty(heads if distil else {}), 0
     if args.resume and checkpoints.last.is_file():
         start, prior, samples_seen = checkpoints.resume(heads, rank)
-    elif args.resume:
-        log.info("--resume: no %s yet, starting fresh", checkpoints.last)
-    elif args.init:
-        init_weights(model, args.init)
+        if args.init:
+            log.info("--init %s: not used, the run goes on from %s", args.init, checkpoints.last)
+    else:
+        if args.resume:  # a launch script that always resumes: its first run starts here
+            log.info("--resume: no %s yet, starting fresh", checkpoints.last)
+        else:
+            checkpoints.refuse_earlier_run()
+        if args.init:
+            init_weights(model, args.init)
     checkpoints.agree_on(start)
     if start >= args.steps:
         log.info("already at step %d of --steps %d: nothing to do", start, args.steps)
@@ -354,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
             data_log.note(batch["events"], step)
             wave, targets = data.batch_to(batch, device)  # int16 crosses, scaled on the device
             lr = set_learning_rate(optimizer, step, args)
+            if args.on_nonfinite == "skip":  # a skipped step must not leave its BatchNorm stats
+                buffers = [b.clone() for b in raw_model.buffers()]
             with autocast:
                 output = model(wave)
             if distil:
@@ -368,7 +393,11 @@ def main(argv: list[str] | None = None) -> None:
                 nonfinite_step(args, step, loss, per_head, lr, rank, checkpoints.last, metrics,
                                skipped_in_a_row)  # fmt: skip
             loss.backward()  # also when skipping: keeps DDP's gradient reducer in step
-            if finite:
+            if not finite:  # the overflowing forward wrote inf into the running stats; the
+                with torch.no_grad():  # backward still reads them, so restore them after it
+                    for buffer, before in zip(raw_model.buffers(), buffers, strict=True):
+                        buffer.copy_(before)
+            else:
                 if args.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
                 optimizer.step()
@@ -381,16 +410,19 @@ def main(argv: list[str] | None = None) -> None:
 
             # logging, validation and checkpoints; their time is not training time
             last_step = step == args.steps
-            if (step % args.log_every == 0 or last_step) and window.steps:
-                record = window.record(step, lr, args.batch_size * world, samples=samples_seen,
-                                       **data_log.totals(), time_s=time.time() - began)  # fmt: skip
-                metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                samples_s=f"{record['samples_per_s']:.1f}")  # fmt: skip
+            if step % args.log_every == 0 or last_step:
+                data_log.flush()  # every rank's data errors, at the same steps on all
+                if window.steps:  # not when all its steps were skipped
+                    record = window.record(step, lr, args.batch_size * world, samples=samples_seen,
+                                           **data_log.totals(), time_s=time.time() - began)  # fmt: skip
+                    metrics.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                    samples_s=f"{record['samples_per_s']:.1f}")  # fmt: skip
             if shards.val and (last_step or (args.val_every and step % args.val_every == 0)):
                 workers = min(args.workers, len(shards.val.urls))
                 loader = data.make_loader(shards.val.urls, **crops, train=False, workers=workers)
-                result = validate(raw_model, loader, prior, device, args.val_batches, autocast)
+                result = validate(raw_model, loader, prior, device, args.val_batches, autocast,
+                                  args.loss)  # fmt: skip
                 if not result["samples"]:
                     log.warning("step %d validation: no usable sample in --val-shards", step)
                 metrics.write({"kind": "val", "step": step, **result})

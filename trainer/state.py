@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from schemas.io import atomic_path
 from trainer.distributed import gather
 from trainer.losses import NonFiniteLoss
@@ -24,6 +24,12 @@ from trainer.stats import Prior
 log = logging.getLogger("trainer")
 
 LAST = "last.pt"
+# options that change how a run is carried out, not what it computes: changing them on --resume
+# goes without a word
+RUN_MECHANICS = {
+    "resume", "steps", "out", "init", "workers", "log_every", "checkpoint_every",
+    "keep_checkpoints", "val_every", "val_batches", "device", "progress", "tensorboard",
+}  # fmt: skip
 
 
 def capture_rng() -> dict[str, Any]:
@@ -88,9 +94,23 @@ class Checkpoints:
         )  # fmt: skip
         publish_last(path, self.last)
         if self.args.keep_checkpoints:
-            old = sorted(self.out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-            for stale in old[: -self.args.keep_checkpoints]:
+            for stale in self.step_files()[: -self.args.keep_checkpoints]:
                 stale.unlink()
+
+    def apply_changed_options(self, saved: dict[str, Any]) -> None:
+        """Options given on resuming apply from here on (the optimiser's saved betas and weight
+        decay would otherwise silently win), and a changed one is said: it changes the run."""
+        changed = {
+            name: (saved[name], value)
+            for name, value in vars(self.args).items()
+            if name in saved and saved[name] != value and name not in RUN_MECHANICS
+        }
+        if changed:
+            log.warning("--resume: options changed since %s, from here on: %s", self.last,
+                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))  # fmt: skip
+        for group in self.optimizer.param_groups:
+            group["betas"] = (self.args.beta1, self.args.beta2)
+            group["weight_decay"] = self.args.weight_decay
 
     def agree_on(self, start: int) -> None:
         """Every rank must start at the same step, or DDP hangs."""
@@ -101,17 +121,43 @@ class Checkpoints:
                 f"every node sees (a shared file system), so that --resume reads the same {LAST}"
             )
 
+    def step_files(self) -> list[Path]:
+        """RUN/step-N.pt, oldest first."""
+        return sorted(self.out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def refuse_earlier_run(self) -> None:
+        """A run without --resume in a folder that holds another run's checkpoints would mix
+        the two (--keep-checkpoints then deletes the new run's own files first)."""
+        found = [p.name for p in self.step_files()] + ([LAST] if self.last.exists() else [])
+        if found:
+            raise SystemExit(
+                f"--out {self.out} holds an earlier run's checkpoints ({', '.join(found[-3:])}): "
+                "--resume continues it; a new run needs another --out"
+            )
+
     def resume(self, heads: dict[str, int], rank: int) -> tuple[int, Prior, int]:
         """Model, optimiser and this rank's RNG from last.pt; its step, prior and the samples
         trained on until then (0 from checkpoints written before they were kept)."""
-        ckpt = load_checkpoint(self.last)
-        if ckpt["arch"] != self.args.arch or ckpt["heads"] != self.model.head_sizes:
+        try:
+            ckpt = load_checkpoint(self.last)
+        except CheckpointError as err:
+            others = [p.name for p in self.step_files() if not p.samefile(self.last)]
+            raise SystemExit(
+                f"--resume: {err}. "
+                + (f"Older checkpoints: {', '.join(others[-3:])}; copy the newest good one to "
+                   f"{self.last} to go on from it" if others else "No older checkpoint is here")
+            ) from err  # fmt: skip
+        # in the same order too: the optimiser's state is matched to the parameters by position
+        ours = self.model.head_sizes
+        if ckpt["arch"] != self.args.arch or list(ckpt["heads"].items()) != list(ours.items()):
             raise SystemExit(
                 f"--resume: {self.last} is {ckpt['arch']} with heads {ckpt['heads']}; this run "
-                f"is {self.args.arch} with {heads}: pass the same --arch and --heads"
+                f"is {self.args.arch} with {heads}: pass the same --arch and --heads (in the "
+                f"same order: --heads={','.join(ckpt['heads'])})"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.apply_changed_options(ckpt.get("config", {}))
         if len(ckpt["rng"]) == self.world:  # the same ranks again: each continues its streams
             restore_rng(ckpt["rng"][rank])
         log.info("resumed from %s at step %d", self.last, ckpt["step"])

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from schemas.io import write_text_atomic
-from trainer.distributed import Summed
+from trainer.distributed import Summed, gather
 
 log = logging.getLogger("trainer")
 
@@ -96,8 +96,8 @@ class Metrics:
         if resume_step is not None and self.path.is_file():
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                for line in self.path.read_text(errors="replace").splitlines()
+                if (record := self.parsed(line)) and record.get("step", 0) <= resume_step
             ]
             write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
         elif self.path.is_file():
@@ -109,6 +109,17 @@ class Metrics:
                 log.info("tensorboard is not installed: metrics.jsonl only")
             else:
                 self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def parsed(self, line: str) -> dict[str, Any] | None:
+        """A line of an earlier run; None for a blank or torn one (a kill mid-write)."""
+        if not line.strip():
+            return None
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("%s: dropping a torn line %.60r", self.path, line)
+            return None
+        return record if isinstance(record, dict) else None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -170,6 +181,7 @@ class DataLog:
         self.metrics, self.rank = metrics, rank
         self.shards_read: Counter[str] = Counter()
         self.reported: set[str] = set()
+        self.pending: list[dict[str, Any]] = []  # data_error lines not yet written
         self.skipped = {"shards": 0, "samples": 0}
 
     def note(self, events: Mapping[str, list], step: int) -> None:
@@ -177,8 +189,16 @@ class DataLog:
         for url, message in events["shard_errors"] + events["sample_errors"]:
             if url not in self.reported:
                 self.reported.add(url)
-                self.metrics.write({"kind": "data_error", "step": step, "url": url,
-                                    "error": message, "rank": self.rank})  # fmt: skip
+                self.pending.append({"kind": "data_error", "step": step, "url": url,
+                                     "error": message, "rank": self.rank})  # fmt: skip
+
+    def flush(self) -> None:
+        """Every rank's new data errors into metrics.jsonl, which rank 0 writes: all ranks call
+        it at the same steps."""
+        for rank_lines in gather(self.pending):
+            for line in rank_lines:
+                self.metrics.write(line)
+        self.pending = []
 
     def totals(self) -> dict[str, int]:
         return {

@@ -11,7 +11,7 @@ from torch import nn
 
 from trainer.data import batch_to
 from trainer.distributed import Summed
-from trainer.losses import kl_divergence, reconstruction_loss
+from trainer.losses import kl_divergence, l2_distance, reconstruction_loss
 from trainer.stats import Prior
 
 
@@ -23,6 +23,7 @@ class ValSums(Summed):
     top1: dict[str, torch.Tensor]  # the student's argmax agreeing with the teacher's
     prior_kl: dict[str, torch.Tensor]  # the same for always predicting the prior
     prior_top1: dict[str, torch.Tensor]
+    l2: dict[str, torch.Tensor]  # the student's L2 distance to the teacher (--loss l2)
     mse: torch.Tensor  # the autoencoder's reconstruction MSE, summed over samples
     silence_mse: torch.Tensor  # ... and that of predicting silence
 
@@ -31,7 +32,7 @@ class ValSums(Summed):
         def zero() -> torch.Tensor:
             return torch.zeros((), dtype=torch.float64, device=device)
 
-        per_head = [{h: zero() for h in heads} for _ in range(4)]
+        per_head = [{h: zero() for h in heads} for _ in range(5)]
         return cls(zero(), zero(), *per_head, zero(), zero())
 
 
@@ -43,12 +44,15 @@ def validate(
     device: torch.device,
     max_batches: int,
     autocast: Any,
+    loss: str = "kl",
 ) -> dict[str, Any]:
     """This rank's shards, summed over the ranks: per head the student's mean KL(teacher ||
     student) and top-1 agreement with the teacher beside those of always predicting `prior`
-    (the autoencoder: its reconstruction MSE beside predicting silence)."""
+    (the autoencoder: its reconstruction MSE beside predicting silence); `loss` is the mean
+    over heads of the run's loss, the KL or (`loss="l2"`) the L2 distance, also per head."""
     model.eval()
-    distributions = prior.distributions()
+    # a class the teachers never gave mass to so far: a tiny prior, not log 0 and an inf KL
+    distributions = {h: smoothed(d) for h, d in prior.distributions().items()}
     heads = list(distributions)
     sums = ValSums.zeros(heads, device)
     for i, batch in enumerate(loader):
@@ -70,6 +74,7 @@ def validate(
             log_prior = distributions[head].log().to(device).expand_as(p)
             teacher_top = p.argmax(-1)
             sums.kl[head] += kl_divergence(log_q, p).sum().double()
+            sums.l2[head] += l2_distance(log_q, p).sum().double()
             sums.top1[head] += (log_q.argmax(-1) == teacher_top).sum().double()
             sums.prior_kl[head] += kl_divergence(log_prior, p).sum().double()
             sums.prior_top1[head] += (log_prior.argmax(-1) == teacher_top).sum().double()
@@ -84,9 +89,15 @@ def validate(
     if not heads:
         return {"samples": samples, "mse": mean(total.mse, samples),
                 "silence_mse": mean(total.silence_mse, samples)}  # fmt: skip
+    names = ("kl", "top1", "prior_kl", "prior_top1", *(("l2",) if loss == "l2" else ()))
     record: dict[str, Any] = {"samples": samples}
     for head in heads:
-        record[head] = {name: mean(getattr(total, name)[head], rows)
-                        for name in ("kl", "top1", "prior_kl", "prior_top1")}  # fmt: skip
-    record["loss"] = sum(record[h]["kl"] for h in heads) / len(heads) if rows else None
+        record[head] = {name: mean(getattr(total, name)[head], rows) for name in names}
+    record["loss"] = sum(record[h][loss] for h in heads) / len(heads) if rows else None
     return record
+
+
+def smoothed(distribution: torch.Tensor, floor: float = 1e-8) -> torch.Tensor:
+    """At least `floor` for every class, renormalised."""
+    distribution = distribution.clamp_min(floor)
+    return distribution / distribution.sum()
