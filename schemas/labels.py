@@ -45,6 +45,9 @@ def parse_labels(text: str, where: str = "labels") -> list[str]:
     matches = [_PLACES_LINE.match(line) for line in lines]
     if not lines or not all(matches):
         return lines
+    for line, match in zip(lines, matches, strict=True):
+        if match.group(1).count("/") < 2:  # no letter directory: not a name to cut out
+            raise LabelsError(f"{where}: {line!r} is not a Places line ('/a/airfield 0')")
     indexed = {int(m.group(2)): m.group(1).split("/", 2)[2] for m in matches if m}
     if sorted(indexed) != list(range(len(lines))):
         raise LabelsError(f"{where}: class indices are not 0..{len(lines) - 1}, once each")

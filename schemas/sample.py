@@ -234,6 +234,11 @@ def _check_metadata(meta: SampleMetadata, where: str, heads: Mapping[str, Any]) 
         raise SampleError(f"{where}: heads {sorted(heads)} != metadata {sorted(meta.heads)}")
     if not meta.frame_times_s:
         raise SampleError(f"{where}: no teacher frames")
+    if meta.num_samples < 1 or meta.start_s < 0 or meta.duration_s <= 0:  # decoding refuses them
+        raise SampleError(
+            f"{where}: {meta.num_samples} samples from {meta.start_s} s for {meta.duration_s} s: "
+            "a segment needs audio, at a time within its video"
+        )
 
 
 def checked_rows(

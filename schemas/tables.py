@@ -1,7 +1,7 @@
 """Pyarrow schemas of every table the project reads or writes, and their validation.
 
-The pipeline writes `index.parquet` and `failures.parquet` through these; the trainer and eval
-read through them. An input manifest (CSV or Parquet) is checked against MANIFEST_SCHEMA.
+The pipeline writes `index.parquet` and `failures.parquet` through these; whoever reads them
+(the demo's report, users' own queries) reads through them too. An input manifest (CSV or Parquet) is checked against MANIFEST_SCHEMA.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MANIFEST_SCHEMA = pa.schema(
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),  # shard file name, e.g. shard-000000.tar
+        pa.field("shard", pa.string(), nullable=False),  # e.g. shard-000000-0000.tar
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("segment", pa.int32(), nullable=False),

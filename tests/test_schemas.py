@@ -73,6 +73,9 @@ def test_invalid_samples_are_refused_with_the_key_in_the_message():
     wrong_frames.probs["objects"] = wrong_frames.probs["objects"][:1]
     with pytest.raises(SampleError, match="shape"):
         encode_sample(wrong_frames)
+    empty = make_sample(seconds=0.0)  # FLAC writes it; every reader refuses it
+    with pytest.raises(SampleError, match="clip_1234abcd-0003: 0 samples .*needs audio"):
+        encode_sample(empty)
 
 
 @pytest.mark.parametrize(

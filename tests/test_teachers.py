@@ -205,6 +205,8 @@ def test_parse_labels_formats():
     assert parse_labels("tench\ngoldfish\n\n") == ["tench", "goldfish"]
     with pytest.raises(LabelsError, match="indices"):
         parse_labels("/a/airfield 0\n/b/bakery 0\n")
+    with pytest.raises(LabelsError, match="cats.txt: '/airfield 1' is not a Places line"):
+        parse_labels("/a/abbey 0\n/airfield 1\n", where="cats.txt")
 
 
 def test_a_bad_categories_file_is_a_teacher_error_naming_it(tmp_path):
