@@ -68,7 +68,7 @@ def _bench_trainer():
 bench_trainer = _bench_trainer()
 
 SHARED_VIDEOS = REPO.parent / "shared" / "data" / "videos"
-CROP_SECONDS = 20.0  # the paper's crop: a sample/s is 20 audio-seconds/s
+CROP_SECONDS = 20.0  # the paper's crop, asked of the loader and of trainer.main
 
 
 @dataclass
@@ -81,10 +81,11 @@ class CodecFigures:
     step_alone: float  # samples/s, the batch already on the device
     with_loader: float  # samples/s of trainer.main after its first log window
     gpu_util: float | None  # mean %, while trainer.main ran
+    crop_seconds: float  # of audio a sample: the crop both runs used, in whole model steps
 
     @property
     def audio_hours(self) -> float:
-        return self.with_loader * CROP_SECONDS  # audio-seconds per second = audio-h per h
+        return self.with_loader * self.crop_seconds  # audio-seconds per second = audio-h per h
 
 
 class GpuSampler:
@@ -178,10 +179,12 @@ def teacher_alone(device: str, batches: int, batch_size: int = 32) -> float:
     return batches * batch_size / (time.perf_counter() - began)
 
 
-def train_rate(shards: Path, run: Path, args: argparse.Namespace, device: str) -> float:
-    """samples/s of `trainer.main` itself, after its first log window (workers starting, the
-    shuffle buffer filling)."""
+def train_rate(shards: Path, run: Path, args: argparse.Namespace, device: str,
+               crop_s: float) -> float:  # fmt: skip
+    """samples/s of `trainer.main` itself on `crop_s` crops, after its first log window (workers
+    starting, the shuffle buffer filling)."""
     trainer_main.main([f"--shards={shards}", f"--out={run}", f"--steps={args.steps}",
+                       f"--crop-seconds={crop_s}",
                        f"--batch-size={args.batch_size}", f"--workers={args.workers}",
                        f"--log-every={args.log_every}", "--checkpoint-every=0", f"--device={device}",
                        "--no-progress", "--no-tensorboard"])  # fmt: skip
@@ -203,6 +206,7 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
     model = build_model("soundnet8", heads).to(device)
     steps = round(CROP_SECONDS * SAMPLE_RATE / model.step_samples)
+    crop_s = steps * model.step_samples / SAMPLE_RATE  # the crop used: whole model steps
     loader = bench_trainer.run_loader(source.urls, list(heads), args.batch_size, args.workers,
                                       args.loader_batches, steps=steps,
                                       step_samples=model.step_samples,
@@ -210,10 +214,10 @@ def codec_figures(codec: str, out: Path, shard_mb: float, args: argparse.Namespa
     alone = bench_trainer.train_step_rate(model, loader.first, device, args.step_repeats)
     del model
     with GpuSampler() as gpu:
-        with_loader = train_rate(out, args.out / f"run-{codec}", args, device.type)
+        with_loader = train_rate(out, args.out / f"run-{codec}", args, device.type, crop_s)
     return CodecFigures(
         codec, shard_mb, loader.per_core, loader.decode_per_core, loader.over_decode, alone,
-        with_loader, gpu.mean,
+        with_loader, gpu.mean, crop_s,
     )  # fmt: skip
 
 
@@ -254,8 +258,8 @@ def print_table(device: str, pipeline: dict, teacher: float | None, rows: list[C
     best = max(rows, key=lambda r: r.audio_hours)
     others = "".join(f"; {r.codec} {r.audio_hours:.0f}" for r in rows if r is not best)
     print(f"audio-hours per device-hour: {best.audio_hours:.0f} ({best.codec} shards, "
-          f"SoundNet-8 {'bf16' if device == 'cuda' else 'fp32'} with the real loader on {kind}"
-          f"{others})")  # fmt: skip
+          f"{best.crop_seconds:g} s crops, SoundNet-8 {'bf16' if device == 'cuda' else 'fp32'} "
+          f"with the real loader on {kind}{others})")  # fmt: skip
 
 
 def main() -> None:
@@ -345,8 +349,9 @@ def main() -> None:
         except (Exception, SystemExit) as err:
             errors[f"{codec} loader and training"] = failed(f"measuring {codec} shards", err)
         save()
-    print_table(device, pipeline, teacher, rows, errors, args)
+    # before the table: its `audio-hours per device-hour` line is the last one printed
     print(f"({time.perf_counter() - began:.0f} s in all; figures in {args.out / 'summary.json'})")
+    print_table(device, pipeline, teacher, rows, errors, args)
     if errors:
         raise SystemExit(f"bench-device: {len(errors)} part(s) failed: {', '.join(errors)}")
 

@@ -34,6 +34,8 @@ LAYOUTS = [
      ["-c:v", "mpeg4", "-q:v", "5"],
      "sine=frequency=220", ["-c:a", "libmp3lame", "-ar", "22050"], ".mkv", 4),
 ]  # fmt: skip
+# ffmpeg's muxer of each container: the file is written under a name it cannot guess it from
+MUXERS = {".mp4": "mp4", ".webm": "webm", ".mkv": "matroska"}
 
 
 def make(path: Path, layout: tuple, seed: int) -> None:
@@ -44,8 +46,12 @@ def make(path: Path, layout: tuple, seed: int) -> None:
         audio += f":seed={seed}"
     args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y"]
     args += ["-f", "lavfi", "-i", video, "-f", "lavfi", "-i", audio, "-t", str(seconds)]
-    args += ["-pix_fmt", "yuv420p", *vcodec, *acodec, str(path)]
+    # a run cut short leaves only the partial name (no media name: no bench reads it), which the
+    # next call overwrites; the final name appears complete or not at all
+    partial = path.with_name(path.name + ".partial")
+    args += ["-pix_fmt", "yuv420p", *vcodec, *acodec, "-f", MUXERS[path.suffix], str(partial)]
     subprocess.run(args, check=True)
+    partial.replace(path)
 
 
 def main() -> None:

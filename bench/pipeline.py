@@ -94,13 +94,18 @@ def main() -> None:
 
     clips = sorted(p for p in args.videos.iterdir() if is_media_name(p.name))
     seconds = video_seconds(clips)
+    # the start-up run's clip; also what makes the copies add up to --min-minutes at all
+    longer = [p for p in clips if seconds[p] > 1]
+    if not longer:
+        raise SystemExit(f"--videos {args.videos}: no readable clip longer than 1 s "
+                         f"(of {len(clips)} media files)")  # fmt: skip
+    shortest = min(longer, key=lambda p: seconds[p])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "videos").mkdir()
         copies, total_video = make_copies(seconds, work / "videos", args.min_minutes * 60)
         one = work / "one"
         one.mkdir()
-        shortest = min((p for p in clips if seconds[p] > 1), key=lambda p: seconds[p])
         (one / shortest.name).symlink_to(shortest.resolve())
 
         startup_s, _ = pipeline_time(one, work / "out-one", args.extra)

@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--long-video-minutes", type=float, help="also run one video this long")
     parser.add_argument("extra", nargs="*", help="extra pipeline options (after --)")
     args = parser.parse_args()
+    if args.kill_size is not None and args.kill_size not in args.sizes:  # its full run is the base
+        parser.error(f"--kill-size {args.kill_size} is not one of --sizes {args.sizes}")
     extra = list(args.extra)
     if not any(a.startswith("--videos-per-shard") for a in extra):
         extra.append("--videos-per-shard=50")

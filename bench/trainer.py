@@ -18,7 +18,8 @@ loss, backward and Adam step of the model on one batch of the same data, already
 
 Prints `loader_over_step=` (the loader's samples/s over the step's), `loader_per_core=`,
 `decode_per_core=` (both over all rounds), for FLAC `libsndfile_per_core=` and, last,
-`loader_over_decode=` (the median round's loader per core over its decoding per core).
+`loader_over_decode=` (the median round's loader per core over its decoding per core; `n/a` on
+pcm16 shards, which have nothing to decode).
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def main() -> None:
     heads = {h: info.num_classes for h, info in data.inspect_heads(source.urls).items()}
     model = build_model(args.arch, heads).to(device)
     steps = round(args.crop_seconds * SAMPLE_RATE / model.step_samples)  # crops of model steps
+    crop_s = steps * model.step_samples / SAMPLE_RATE  # the crop used: whole steps, as asked or not
     print(f"{len(source.urls)} shards, heads {heads}, batch {args.batch_size}, {device}")
 
     # loader alone, and the same samples' audio decoded alone
@@ -255,9 +257,9 @@ def main() -> None:
     step_rate = train_step_rate(model, run.first, device, args.steps)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"train step: {step_rate:.1f} samples/s ({args.arch}, {device}, {precision})")
-    # each sample is a crop of args.crop_seconds of audio
-    audio_hours = step_rate * args.crop_seconds  # audio-seconds per second = audio-h per h
-    print(f"throughput: {audio_hours:.0f} audio-hours per {device.type.upper()}-hour (step alone)")
+    audio_hours = step_rate * crop_s  # audio-seconds per second = audio-h per h
+    print(f"throughput: {audio_hours:.0f} audio-hours per {device.type.upper()}-hour (step alone, "
+          f"{crop_s:g} s crops)")  # fmt: skip
     print(f"loader_over_step={run.rate / step_rate:.2f}")
 
     # per core: the loader's CPU (workers and this process) against decoding alone
@@ -270,6 +272,10 @@ def main() -> None:
     if run.libsndfile_per_core:  # FLAC: against the decoder the loader used before dr_flac
         print(f"libsndfile_per_core={run.libsndfile_per_core:.1f}  (the same FLAC, one core: "
               f"the loader is {run.per_core / run.libsndfile_per_core:.2f} of it)")  # fmt: skip
+    if "flac" not in run.codecs:  # pcm16's "decoding" is a view: no floor to compare with
+        print("loader over decode: (no decoding) for pcm16 shards")
+        print("loader_over_decode=n/a")
+        return
     spread = f"{min(run.round_ratios):.3f}-{max(run.round_ratios):.3f}"
     print(f"loader over decode: {run.per_core / run.decode_per_core:.3f} of the totals; rounds "
           f"{spread}, median:")  # fmt: skip
