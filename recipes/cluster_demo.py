@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import run
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "samples" / "videos"
+from recipes.demo import sample_videos
+from runtime.arguments import at_least_one
 
 
 @contextlib.contextmanager
@@ -57,11 +56,19 @@ def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 120
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default=str(SAMPLES), help="videos (any pipeline --input)")
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.cluster_demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input", help="videos (any pipeline --input; default: samples/videos of a checkout)"
+    )
     parser.add_argument("--output", help="output directory (default: a temporary one)")
-    parser.add_argument("--workers", type=int, default=2, help="dask worker processes")
+    # 0 workers would leave wait_for_workers nothing to wait for and the pipeline no one to run it
+    parser.add_argument("--workers", type=at_least_one, default=2, help="dask worker processes")
     args = parser.parse_args(argv)
+    videos = args.input or sample_videos(parser)
 
     with tempfile.TemporaryDirectory(prefix="soundnet-dask-") as tmp:
         root = Path(tmp)
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"dask scheduler at {address} with {args.workers} worker processes")
                 code = run.main([
                     f"--runner={run.DASK_RUNNER}", f"--dask_client_address={address}",
-                    f"--input={args.input}", f"--output={output}",
+                    f"--input={videos}", f"--output={output}",
                 ])  # fmt: skip
                 if code == 0:
                     from recipes.demo import teacher_top3

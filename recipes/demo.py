@@ -29,6 +29,19 @@ from schemas import (
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "videos"
 
 
+def sample_videos(parser: argparse.ArgumentParser) -> str:
+    """The bundled clips, or a usage error saying where to get them: they sit beside the
+    packages in a source checkout and are not in the wheel, so an installed `soundnet-demo`
+    has none."""
+    if not SAMPLES.is_dir():
+        parser.error(
+            f"the bundled sample videos ({SAMPLES}) come with a source checkout, not with the "
+            "installed package: git clone the repository and run `make demo` there, or give "
+            "videos of your own with --input DIR"
+        )
+    return str(SAMPLES)
+
+
 def teacher_top3(output: Path, head: str = "objects") -> dict[str, list[tuple[str, float]]]:
     """Per video, the head's classes with the highest mean probability over its frames."""
     names = read_labels(labels_path(output, head))
@@ -45,11 +58,18 @@ def teacher_top3(output: Path, head: str = "objects") -> dict[str, list[tuple[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", default="demo-out")
-    parser.add_argument("--input", default=str(SAMPLES))
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output", default="demo-out", help="the pipeline's output folder")
+    parser.add_argument(
+        "--input", help="videos (any pipeline --input; default: samples/videos of a checkout)"
+    )
     args = parser.parse_args(argv)
-    code = run.main(["--runner=DirectRunner", f"--input={args.input}", f"--output={args.output}"])
+    videos = args.input or sample_videos(parser)
+    code = run.main(["--runner=DirectRunner", f"--input={videos}", f"--output={args.output}"])
     if code:
         return code
     output = Path(args.output)

@@ -3,13 +3,21 @@ of four rows beside the paper's; the same command again redoes nothing."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from eval import run as eval_run
+from eval.report import write_json
+from models import fetch
+from models.checkpoint import save_checkpoint
+from recipes import cluster_demo, demo, reproduce
 from tests.conftest import run_module
 
 
@@ -97,7 +105,129 @@ def test_reproduce_refuses_an_unusable_esc_set_before_any_work(shared_esc10, tmp
     done = run_module("recipes.reproduce", f"--videos={tmp_path / 'videos'}", f"--esc={esc}",
                       f"--out={out}", *extra, timeout=300)  # fmt: skip
     assert done.returncode != 0
-    expected = "metadata file not found" if problem == "no ESC folder" else "at least two folds"
+    expected = "no such folder" if problem == "no ESC folder" else "at least two folds"
     assert f"reproduce: --esc: {esc}" in done.stderr and expected in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    assert not (out / "shards").exists()  # nothing was started
+    assert not out.exists()  # nothing was started, not even the output folder
+
+
+def refusal(main, argv: list[str], capsys) -> str:
+    """What `main(argv)` said when it refused to start (argparse's stderr or the exit line)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code not in (0, None)
+    said = capsys.readouterr().err
+    return said + (exit_.value.code if isinstance(exit_.value.code, str) else "")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--steps=0", "argument --steps: 0: must be at least 1"),
+        ("--batch-size=-2", "argument --batch-size: -2: must be at least 1"),
+        ("--trainer-option=--wrokers=1", "--trainer-option: unrecognized arguments: --wrokers=1"),
+        ("--trainer-option=--lr=abc", "--trainer-option: argument --lr: 'abc': not a number"),
+    ],
+)
+def test_reproduce_refuses_bad_trainer_options_before_any_work(
+    shared_esc10, tmp_path, capsys, monkeypatch, option, message
+):
+    """Checked by the trainer's own parser before the pipeline stage, not an hour into it."""
+    started = []
+    monkeypatch.setattr(reproduce, "make_shards", started.append)
+    out = tmp_path / "out"
+    argv = [f"--videos={tmp_path}", f"--esc={small_esc(shared_esc10, tmp_path / 'esc')}",
+            f"--out={out}", option]  # fmt: skip
+    assert message in refusal(reproduce.main, argv, capsys)
+    assert not started and not out.exists()
+
+
+def test_reproduce_redoes_an_evaluation_whose_eval_options_changed(tmp_path, monkeypatch, capsys):
+    computed = []
+
+    def fake_evaluate(options: argparse.Namespace) -> dict:
+        computed.append(options.folds)
+        return {"accuracy_mean": 0.5, "layer": "mfcc"}
+
+    def fake_write_outputs(folder: Path, results: dict) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "results.json", results)
+
+    monkeypatch.setattr(eval_run, "evaluate", fake_evaluate)
+    monkeypatch.setattr(eval_run, "write_outputs", fake_write_outputs)
+    out = tmp_path / "out"
+    mfcc = next(row for row in reproduce.rows(out, 4) if row.slug == "mfcc")
+
+    def evaluate(*eval_option: str) -> str:
+        args = argparse.Namespace(out=out, esc=tmp_path / "esc", eval_option=list(eval_option))
+        assert reproduce.evaluate(args, mfcc) == {"accuracy_mean": 0.5, "layer": "mfcc"}
+        return capsys.readouterr().out
+
+    evaluate()
+    assert computed == [None]
+    assert "(done before)" in evaluate()  # the same options: read back
+    said = evaluate("--folds=1,2")
+    assert computed == [None, [1, 2]]
+    assert "evaluating again (eval options changed: folds None -> [1, 2])" in said, said
+    # progress and parallelism change no number: not redone for them
+    assert "(done before)" in evaluate("--folds=1, 2", "--no-progress", "--jobs=2")
+    assert computed == [None, [1, 2]]
+    (out / "eval" / "mfcc" / reproduce.EVAL_OPTIONS_FILE).unlink()  # results of an older version
+    assert "evaluating again (no reproduce-options.json beside them)" in evaluate("--folds=1,2")
+    assert len(computed) == 3
+
+
+def test_reproduce_table_states_what_the_checkpoint_was_trained_with(tmp_path):
+    """Not this command's --steps/--batch-size: a resumed run stops at the checkpoint's step."""
+    model = torch.nn.Linear(2, 2)
+    model.head_sizes = {}
+    checkpoint = tmp_path / "train" / "last.pt"
+    checkpoint.parent.mkdir()
+    save_checkpoint(checkpoint, model, "soundnet8", {}, step=7, config={"batch_size": 3})
+    trained = reproduce.trained_with(checkpoint)
+    assert trained == (7, 3)
+    args = argparse.Namespace(videos=tmp_path / "videos", steps=100, batch_size=16)
+    rows = reproduce.rows(tmp_path, trained[0])
+    table = reproduce.table(args, {row.slug: (row, None) for row in rows}, trained)
+    assert "SoundNet-8 distilled for 7 steps of 3 samples" in table
+    assert "| SoundNet-8 distilled here (7 steps) | not run |" in table
+    assert "100 steps" not in table and "16 samples" not in table
+
+
+def test_demo_without_its_samples_says_where_to_get_them(tmp_path, monkeypatch, capsys):
+    """An installed wheel has no samples/: the message says what to do, and nothing runs."""
+    monkeypatch.setattr(demo, "SAMPLES", tmp_path / "no-samples")
+    monkeypatch.setattr(demo.run, "main", lambda argv: pytest.fail(f"the pipeline ran: {argv}"))
+    said = refusal(demo.main, [f"--output={tmp_path / 'out'}"], capsys)
+    assert said.startswith("usage: python -m recipes.demo"), said
+    assert "source checkout" in said and "git clone" in said and "--input DIR" in said
+    assert "pipeline.run" not in said
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_cluster_demo_refuses_fewer_than_one_worker(capsys, workers):
+    said = refusal(cluster_demo.main, [f"--workers={workers}"], capsys)
+    assert f"python -m recipes.cluster_demo: error: argument --workers: {workers}: must be" in said
+
+
+@pytest.mark.parametrize(
+    ("main", "prog"),
+    [
+        (demo.main, "python -m recipes.demo"),
+        (cluster_demo.main, "python -m recipes.cluster_demo"),
+        (reproduce.main, "python -m recipes.reproduce"),
+        (fetch.main, "python -m models.fetch"),
+        (eval_run.parse_args, "python -m eval.run"),
+    ],
+)
+def test_help_names_the_command_and_keeps_the_docstring_layout(capsys, main, prog):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: {prog} ")
+    # the docstring as the source spells it (__doc__ has already lost a `\` continuation)
+    written = Path(sys.modules[main.__module__].__file__).read_text().split('"""')[1]
+    for line in written.splitlines():
+        assert line in shown.splitlines(), line
+    assert "SPEC.md" not in shown  # not in this repository
