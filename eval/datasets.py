@@ -36,6 +36,7 @@ class Dataset:
     root: Path
     classes: list[str]
     clips: list[Clip]
+    meta: Path  # the CSV that lists the clips: what an error about them names
 
     @property
     def labels(self) -> np.ndarray:
@@ -45,33 +46,81 @@ class Dataset:
     def folds(self) -> np.ndarray:
         return np.array([c.fold for c in self.clips])
 
-    def select_folds(self, folds: list[int]) -> Dataset:
-        missing = set(folds) - set(self.folds.tolist())
+    def select_folds(self, folds: list[int] | None = None) -> Dataset:
+        """The clips of `folds` (None: every fold), refused where leave-one-out cannot run:
+        before the features, not as numpy's words after them."""
+        if not self.clips:
+            raise DatasetError(f"{self.meta}: no clips to evaluate")
+        present = set(self.folds.tolist())
+        missing = set(folds or ()) - present
         if missing:
-            raise DatasetError(f"{self.root}: no clips in fold(s) {sorted(missing)}")
-        if len(set(folds)) < 2:  # each fold is scored by an SVM trained on the others
+            raise DatasetError(f"{self.meta}: no clips in fold(s) {sorted(missing)}")
+        chosen = sorted(set(folds) if folds else present)
+        if len(chosen) < 2:  # each fold is scored by an SVM trained on the others
             raise DatasetError(
-                f"{self.root}: folds {sorted(set(folds))}: leave-one-out needs at least two folds"
+                f"{self.meta}: folds {chosen}: leave-one-out needs at least two folds"
             )
-        clips = [c for c in self.clips if c.fold in folds]
-        return Dataset(self.name, self.root, self.classes, clips)
+        clips = [c for c in self.clips if c.fold in chosen]
+        return Dataset(self.name, self.root, self.classes, clips, self.meta)
 
 
-def _read_rows(meta: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_rows(meta: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of each row, its cells stripped and every required cell present."""
     if not meta.is_file():
         raise DatasetError(f"{meta}: metadata file not found")
     # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would be read as part
-    # of the first column's name; names padded with spaces are taken as they read, too
+    # of the first column's name; names and cells padded with spaces are taken as they read
+    # (" dog" and "dog" are one class)
+    rows = []
     with meta.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         missing = set(required) - set(reader.fieldnames)
         if missing:
             raise DatasetError(f"{meta}: missing column(s) {sorted(missing)}")
-        rows = list(reader)
+        for raw in reader:
+            # a short row's absent cells are None; cells past the header sit under key None
+            row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+            if not any(row.values()):  # ",,," as spreadsheets write below the data
+                continue
+            empty = [name for name in required if not row[name]]
+            if empty:
+                raise DatasetError(
+                    f"{meta}: line {reader.line_num}: no value for {', '.join(empty)}"
+                )
+            rows.append((reader.line_num, row))
     if not rows:
         raise DatasetError(f"{meta}: no rows")
     return rows
+
+
+def _integer(row: dict[str, str], column: str, meta: Path, line: int) -> int:
+    try:
+        return int(row[column])
+    except ValueError:
+        raise DatasetError(
+            f"{meta}: line {line}: {column} {row[column]!r} is not an integer"
+        ) from None
+
+
+def _clips(
+    root: Path, meta: Path, rows: list[tuple[int, dict[str, str]]], labels: list[int]
+) -> list[Clip]:
+    """The rows' clips; a file listed twice is refused (in two folds it is trained on and
+    tested on: the score would be inflated)."""
+    clips, seen = [], {}
+    for (line, row), label in zip(rows, labels, strict=True):
+        clip = Clip(_resolve(root, row["filename"], meta), label, _integer(row, "fold", meta, line))
+        key = clip.path.resolve()
+        if key in seen:
+            first_line, first_fold = seen[key]
+            raise DatasetError(
+                f"{meta}: line {line}: {clip.path} is listed again (line {first_line}); "
+                f"folds {first_fold} and {clip.fold}"
+            )
+        seen[key] = (line, clip.fold)
+        clips.append(clip)
+    return clips
 
 
 def _resolve(root: Path, filename: str, meta: Path) -> Path:
@@ -86,13 +135,6 @@ def _resolve(root: Path, filename: str, meta: Path) -> Path:
     raise DatasetError(f"{meta}: listed file {filename!r} not found under {root}/audio or {root}")
 
 
-def _fold(value: str, meta: Path) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise DatasetError(f"{meta}: fold {value!r} is not an integer") from None
-
-
 def esc50(root: str | Path, subset: str | None = None) -> Dataset:
     """ESC-50 (official 5 folds); `subset="esc10"` keeps the ESC-10 clips."""
     root = Path(root)
@@ -103,17 +145,17 @@ def esc50(root: str | Path, subset: str | None = None) -> Dataset:
         raise DatasetError(f"unknown ESC-50 subset {subset!r}; the one subset is esc10")
     rows = _read_rows(meta, ("filename", "fold", "target", "category"))
     if subset == "esc10":
-        if "esc10" not in rows[0]:
+        if "esc10" not in rows[0][1]:
             raise DatasetError(f"{meta}: no esc10 column to select the ESC-10 subset")
-        rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
-    names = {int(r["target"]): r["category"] for r in rows}
-    targets = sorted(names)  # the ESC-50 class numbering, so ESC-10 keeps its usual order
-    index = {t: i for i, t in enumerate(targets)}
-    clips = [
-        Clip(_resolve(root, r["filename"], meta), index[int(r["target"])], _fold(r["fold"], meta))
-        for r in rows
-    ]
-    return Dataset(subset or "esc50", root, [names[t] for t in targets], clips)
+        rows = [(n, r) for n, r in rows if r["esc10"].lower() == "true"]
+        if not rows:
+            raise DatasetError(f"{meta}: no row has esc10=True: the ESC-10 subset is empty")
+    targets = [_integer(r, "target", meta, n) for n, r in rows]
+    names = {t: r["category"] for t, (_, r) in zip(targets, rows, strict=True)}
+    numbers = sorted(names)  # the ESC-50 class numbering, so ESC-10 keeps its usual order
+    index = {t: i for i, t in enumerate(numbers)}
+    clips = _clips(root, meta, rows, [index[t] for t in targets])
+    return Dataset(subset or "esc50", root, [names[t] for t in numbers], clips, meta)
 
 
 def generic(root: str | Path, meta: str | Path | None = None) -> Dataset:
@@ -121,13 +163,11 @@ def generic(root: str | Path, meta: str | Path | None = None) -> Dataset:
     root = Path(root)
     meta = Path(meta) if meta else root / "meta.csv"
     rows = _read_rows(meta, ("filename", "fold", "label"))
-    classes = sorted({r["label"] for r in rows})
+    classes = sorted({r["label"] for _, r in rows})
     index = {name: i for i, name in enumerate(classes)}
-    clips = [
-        Clip(_resolve(root, r["filename"], meta), index[r["label"]], _fold(r["fold"], meta))
-        for r in rows
-    ]
-    return Dataset(meta.stem if meta.stem != "meta" else root.name, root, classes, clips)
+    clips = _clips(root, meta, rows, [index[r["label"]] for _, r in rows])
+    name = meta.stem if meta.stem != "meta" else root.name
+    return Dataset(name, root, classes, clips, meta)
 
 
 def load_dataset(

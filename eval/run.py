@@ -8,13 +8,15 @@ folds, beside the paper's table.
 `--checkpoint` takes RUN/last.pt, original:soundnet8, random:soundnet8|soundnet5 or a Torch7
 `.t7` release file. Writes results.json, results.md, confusion.png and layers.png to --out
 (default runs/eval-DATASET-SOURCE-PROTOCOL plus the options given: --layer, --folds, --C,
---seconds; SOURCE is RUN-last for RUN/last.pt) and prints the mean accuracy last.
+--seconds; SOURCE is RUN-last for RUN/last.pt; one holding the results of another checkpoint or
+dataset folder is refused, not overwritten) and prints the mean accuracy last.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 import time
@@ -65,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=cli.fold_numbers,
         help="only these folds, e.g. 1,2 (leave one out among them)",
     )
-    p.add_argument("--seconds", type=positive, default=DEFAULT_SECONDS, help="tile clips to this")
+    p.add_argument(
+        "--seconds", type=positive, help=f"tile clips to this (default {DEFAULT_SECONDS:g})"
+    )
     p.add_argument("--batch-size", type=at_least_one, default=4)
     p.add_argument(
         "--jobs",
@@ -84,6 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--checkpoint is required (or --features mfcc)")
     if args.features == "mfcc" and args.protocol == "paper":
         p.error("--protocol paper needs frame features; the MFCC baseline is one vector a clip")
+    # an option that is given but never read would still name the output folder, or mislead
+    if args.features == "mfcc":
+        unused = [f"--{o}" for o in ("checkpoint", "layer", "seconds") if vars(args)[o] is not None]
+        if unused:
+            p.error(f"{', '.join(unused)}: not used by --features mfcc (the network's options)")
+    if args.meta is not None and args.dataset != "generic":
+        p.error(f"--meta is for --dataset generic; --dataset {args.dataset} reads ROOT/meta/")
+    if args.subset is not None and args.dataset == "generic":
+        p.error("--subset is ESC-50's; --dataset generic evaluates every row of its CSV")
+    if args.seconds is None:  # None until here: given or not is told apart above
+        args.seconds = DEFAULT_SECONDS
     if args.out and (problem := cli.not_a_folder(args.out)):
         p.error(f"--out {args.out}: {problem}")
     return args
@@ -119,6 +134,30 @@ def default_out(args: argparse.Namespace, dataset: str) -> Path:
     return Path("runs") / ("eval-" + "-".join(_slug(part) for part in parts))
 
 
+def _same_file(a: str | None, b: str | Path | None) -> bool:
+    """Whether two paths (or weight specs) name the same file. A default folder is under the
+    working folder, so the relative paths of a results.json in it are read from there too."""
+    if a is None or b is None:
+        return a is b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def other_evaluation(out: Path, args: argparse.Namespace) -> str | None:
+    """What the results.json in `out` evaluated, where that is another checkpoint or dataset
+    folder than the options' (their default folders can be the same: a/run1/last.pt and
+    b/run1/last.pt are both run1-last), else None."""
+    try:
+        done = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: nothing to keep
+        return None
+    if not isinstance(done, dict):
+        return None
+    checkpoint = args.checkpoint if args.features == "network" else None
+    if _same_file(done.get("checkpoint"), checkpoint) and _same_file(done.get("root"), args.root):
+        return None
+    return f"{done.get('checkpoint') or done.get('features')} on {done.get('root')}"
+
+
 def compute_samples(
     args: argparse.Namespace, dataset: Dataset
 ) -> tuple[dict[str, Callable[[], list[np.ndarray]]], float]:
@@ -148,11 +187,9 @@ USER_ERRORS = (DatasetError, AudioError, PretrainedError, CheckpointError, Value
 
 
 def selected_dataset(args: argparse.Namespace) -> Dataset:
-    """The dataset the options name, cut to their --folds."""
-    dataset = load_dataset(args.dataset, args.root, args.subset, args.meta)
-    if args.folds:
-        dataset = dataset.select_folds(args.folds)
-    return dataset
+    """The dataset the options name, cut to their --folds; one without clips or with fewer
+    than two folds is refused here, before the features."""
+    return load_dataset(args.dataset, args.root, args.subset, args.meta).select_folds(args.folds)
 
 
 def evaluate(args: argparse.Namespace, dataset: Dataset | None = None) -> dict[str, Any]:
@@ -230,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or default_out(args, dataset.name)
         if problem := cli.not_a_folder(out):  # before the work, not after it
             sys.exit(f"error: output folder {out}: {problem} (--out sets another)")
+        if not args.out and (other := other_evaluation(out, args)):
+            sys.exit(
+                f"error: output folder {out} holds the results of {other}; not overwritten "
+                "by another evaluation's (--out sets another folder)"
+            )
         results = evaluate(args, dataset)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")

@@ -22,6 +22,8 @@ from schemas.io import atomic_path
 
 FORMAT = "soundnet-checkpoint"
 VERSION = 1
+# what rebuilding the model reads: checked on loading, not met as a KeyError later
+REQUIRED = {"arch": str, "heads": dict, "model": dict}
 
 
 class CheckpointError(ValueError):
@@ -67,11 +69,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint version {payload.get('version')}, expected {VERSION}"
         )
+    for key, kind in REQUIRED.items():
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: no {key!r} field (a {kind.__name__})")
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """Build the architecture the checkpoint names and load its weights (eval mode)."""
-    model = build_model(payload["arch"], payload["heads"])
-    model.load_state_dict(payload["model"])
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """Build the architecture the checkpoint (read from `path`) names and load its weights
+    (eval mode)."""
+    arch, heads = payload["arch"], payload["heads"]
+    try:
+        model = build_model(arch, heads)
+    except (ValueError, TypeError) as err:  # an unknown arch, a head size that is no size
+        raise CheckpointError(f"{path}: {err}") from err
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError) as err:  # tensors of other shapes or names
+        # torch's first line only names the class; the lines after it, each mismatch
+        problems = [line.strip().rstrip(".") for line in str(err).splitlines()[1:]]
+        problems = [line for line in problems if line] or [str(err)]
+        if len(problems) > 3:
+            problems = [*problems[:3], f"and {len(problems) - 3} more"]
+        raise CheckpointError(
+            f"{path}: its weights do not fit {arch} with heads {heads}: {'; '.join(problems)}"
+        ) from err
     return model.eval()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import load_checkpoint, model_from_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from models.sound8 import read_sound8_npy, soundnet8_from_sound8
 from models.soundnet import ARCHITECTURES
 from models.torch7 import t7_weights
@@ -48,10 +48,16 @@ def random_weights(arch: str, seed: int = 0) -> tuple[nn.Module, Weights]:
 def checkpoint_weights(path: str | Path) -> tuple[nn.Module, Weights]:
     """One of our checkpoints; a head saved without names gets numbered ones."""
     payload = load_checkpoint(path)
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(payload, path)
     saved = payload.get("labels") or {}
     numbered = untrained_categories(payload["heads"])
     categories = {head: saved.get(head) or numbered[head] for head in payload["heads"]}
+    for head, names in categories.items():  # else a prediction would name the wrong class
+        if len(names) != payload["heads"][head]:
+            raise CheckpointError(
+                f"{path}: {len(names)} class names for head {head!r} of "
+                f"{payload['heads'][head]} outputs"
+            )
     return model, Weights(payload["arch"], categories, str(path))
 
 

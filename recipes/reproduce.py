@@ -117,9 +117,28 @@ def trained_with(checkpoint: Path) -> tuple[int, int] | None:
     return int(payload["step"]), int(payload["config"]["batch_size"])
 
 
+# eval.run options of a network's features, which it refuses with --features mfcc
+NETWORK_ONLY = ("--checkpoint", "--layer", "--seconds")
+
+
+def for_row(row: Row, options: list[str]) -> list[str]:
+    """--eval-option as the row takes it: the MFCC row leaves out the networks' options."""
+    if "mfcc" not in row.eval_args:
+        return options
+    kept, skip_value = [], False
+    for option in options:
+        if skip_value:
+            skip_value = False
+        elif option.split("=", 1)[0] in NETWORK_ONLY:
+            skip_value = "=" not in option  # `--layer conv5`: its value is the next item
+        else:
+            kept.append(option)
+    return kept
+
+
 def eval_options(args: argparse.Namespace, row: Row, folder: Path) -> argparse.Namespace:
     return eval_run.parse_args([*row.eval_args, "--dataset=esc50", f"--root={args.esc}",
-                                f"--out={folder}", *args.eval_option])  # fmt: skip
+                                f"--out={folder}", *for_row(row, args.eval_option)])  # fmt: skip
 
 
 def comparable(options: argparse.Namespace) -> dict:
@@ -133,7 +152,9 @@ def check_esc(args: argparse.Namespace) -> None:
     """The ESC folder and --eval-option folds readable before hours of shards and training."""
     if not args.esc.is_dir():  # said plainly, not as the metadata file it lacks
         raise SystemExit(f"reproduce: --esc: {args.esc}: no such folder")
-    options = eval_options(args, rows(args.out, args.steps)[0], args.out / "eval")
+    # every row's options parsed now: a bad one fails before the shards, not at its row
+    parsed = [eval_options(args, row, args.out / "eval") for row in rows(args.out, args.steps)]
+    options = parsed[0]
     try:
         eval_run.selected_dataset(options)
     except eval_run.USER_ERRORS as err:

@@ -18,10 +18,10 @@ from shardfactory import factory_output  # noqa: F401  (a fixture)
 from eval import audio, hear, predict
 from eval import run as eval_run
 from eval.audio import AudioError, load_audio, tile
-from eval.datasets import DatasetError, esc50, generic, load_dataset
+from eval.datasets import Dataset, DatasetError, esc50, generic, load_dataset
 from eval.features import TABLE_LAYERS, extract_features, resolve_layers
 from eval.svm import C_GRID, clip_samples, cross_validate, paper_window, pooled, windows
-from models.checkpoint import save_checkpoint
+from models.checkpoint import FORMAT, VERSION, save_checkpoint
 from models.pretrained import load_pretrained
 from models.registry import build_model
 from models.weights import FETCH_COMMAND, original_checkpoint_path
@@ -92,6 +92,16 @@ def write_generic(root: Path, clips: list[tuple[Path, int, str]]) -> Path:
     return root
 
 
+def tiny_clips(folder: Path, count: int = 4) -> list[Path]:
+    """`count` one-second WAVs of noise in `folder`: clips for tests that need no real audio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = [folder / f"c{i}.wav" for i in range(count)]
+    for path in paths:
+        sf.write(path, (0.1 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32), SAMPLE_RATE)
+    return paths
+
+
 def four_clips(esc10) -> list[tuple[Path, int, str]]:
     """Two ESC-10 classes, one clip of each in folds 1 and 2: the smallest leave-one-out."""
     return [(next(c.path for c in esc10.clips if c.fold == f and c.label == y), f, f"c{y}")
@@ -157,6 +167,69 @@ def test_esc50_layout_any_rate_and_channels_and_generic_csv(esc10, tmp_path: Pat
     (tmp_path / "meta.csv").write_text("file,fold\n")
     with pytest.raises(DatasetError, match="missing column"):
         generic(tmp_path)
+
+
+def test_bad_csv_rows_are_named_by_file_and_line(tmp_path: Path) -> None:
+    """A short row, a non-integer target and a clip listed twice fail naming the CSV and the
+    line (they were a TypeError, int()'s words naming no file, and silent train/test leakage);
+    cells padded with spaces are one class with the unpadded."""
+    tiny_clips(tmp_path / "audio")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("filename,fold,label\nc0.wav,1,dog\nc1.wav,2\n")
+    with pytest.raises(DatasetError, match=r"meta\.csv: line 3: no value for label$"):
+        generic(tmp_path)
+    meta.write_text("filename,fold,label\nc0.wav,1,dog\n,2,cat\n")
+    with pytest.raises(DatasetError, match=r"meta\.csv: line 3: no value for filename$"):
+        generic(tmp_path)
+    meta.write_text("filename,fold,label\nc0.wav,1,dog\nc1.wav, 2 ,x\nc2.wav,one,dog\n")
+    with pytest.raises(DatasetError, match=r"meta\.csv: line 4: fold 'one' is not an integer"):
+        generic(tmp_path)
+    # the same file by two spellings, in two folds: trained on, then tested on
+    meta.write_text("filename,fold,label\nc0.wav,1,dog\nc1.wav,1,cat\naudio/c0.wav,2,dog\n")
+    with pytest.raises(DatasetError, match=r"meta\.csv: line 4: .*c0\.wav is listed again "
+                                           r"\(line 2\); folds 1 and 2"):  # fmt: skip
+        generic(tmp_path)
+    meta.write_text("filename,fold,label\n c0.wav , 1 , dog\nc1.wav,2,dog \nc2.wav,2,cat\n,,\n")
+    padded = generic(tmp_path)
+    assert padded.classes == ["cat", "dog"] and padded.labels.tolist() == [1, 1, 0]
+    assert padded.folds.tolist() == [1, 2, 2] and padded.clips[0].path.name == "c0.wav"
+
+    (tmp_path / "meta").mkdir()
+    esc = tmp_path / "meta" / "esc50.csv"
+    esc.write_text(
+        "filename,fold,target,category,esc10\nc0.wav,1,0,dog,True\nc1.wav,2,x,cat,True\n"
+    )
+    with pytest.raises(DatasetError, match=r"esc50\.csv: line 3: target 'x' is not an integer"):
+        esc50(tmp_path)
+    # a row without its esc10 cell is not in the subset (it was an AttributeError)
+    esc.write_text("filename,fold,target,category,esc10\nc0.wav,1,0,dog,True\n"
+                   "c1.wav,2,0,dog\nc2.wav,2,1,cat, true\n")  # fmt: skip
+    assert [c.path.name for c in esc50(tmp_path, "esc10").clips] == ["c0.wav", "c2.wav"]
+
+
+def test_datasets_without_two_folds_fail_before_the_features(tmp_path: Path, monkeypatch) -> None:
+    """No clips, or every clip in one fold: refused naming the CSV, before any feature is
+    computed (they failed after the whole feature pass, in numpy's and scikit-learn's words)."""
+    monkeypatch.setattr(eval_run, "compute_samples", lambda *a: pytest.fail("features computed"))
+    clips = tiny_clips(tmp_path / "audio")
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "esc50.csv").write_text(
+        "filename,fold,target,category,esc10\n"
+        + "".join(f"{p.name},{1 + i % 2},{i % 2},c{i % 2},False\n" for i, p in enumerate(clips))
+    )
+    base = ["--features=mfcc", f"--root={tmp_path}", "--no-progress", f"--out={tmp_path / 'o'}"]
+    with pytest.raises(SystemExit, match=r"^error: .*esc50\.csv: no row has esc10=True"):
+        eval_run.main([*base, "--dataset=esc50", "--subset=esc10"])
+    (tmp_path / "meta.csv").write_text(
+        "filename,fold,label\n" + "".join(f"{p.name},3,c{i % 2}\n" for i, p in enumerate(clips))
+    )
+    with pytest.raises(SystemExit, match=r"^error: .*meta\.csv: folds \[3\]: leave-one-out "
+                                         r"needs at least two folds"):  # fmt: skip
+        eval_run.main([*base, "--dataset=generic"])
+    empty = Dataset("none", tmp_path, [], [], tmp_path / "meta.csv")
+    with pytest.raises(DatasetError, match=r"meta\.csv: no clips to evaluate"):
+        empty.select_folds()
+    assert not (tmp_path / "o").exists()
 
 
 def test_audio_from_video_and_bad_files(shared_videos: Path, tmp_path: Path) -> None:
@@ -434,6 +507,96 @@ def test_default_output_folders_tell_evaluations_apart(esc10, tmp_path: Path, mo
         "eval-four-a-last-paper-C1", "eval-four-a-last-pooled-C1",
         "eval-four-a-last-pooled-conv3-C1", "eval-four-b-last-pooled-C1"]  # fmt: skip
     assert all((p / "results.json").is_file() for p in (tmp_path / "runs").iterdir())
+
+
+def test_a_default_folder_of_another_evaluation_is_not_overwritten(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """a/run1/last.pt and b/run1/last.pt, or two dataset folders of one name, have one default
+    folder: the second evaluation is refused before its work, and the first's results stay;
+    the same evaluation again (its paths spelt otherwise) does write there."""
+    for run in ("a", "b"):
+        (tmp_path / run / "run1").mkdir(parents=True)
+        save_checkpoint(tmp_path / run / "run1" / "last.pt", build_model("autoencoder", {}),
+                        "autoencoder", {})  # fmt: skip
+    for copy in ("x", "y"):
+        write_generic(tmp_path / copy / "set", [(p, 1 + i % 2, f"c{i // 2}")
+                      for i, p in enumerate(tiny_clips(tmp_path / copy / "audio"))])  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    network = ["--dataset=generic", "--root=x/set", "--C=1", "--seconds=1", "--no-progress"]
+    eval_run.main(["--checkpoint=a/run1/last.pt", *network])
+    done = tmp_path / "runs" / "eval-set-run1-last-pooled-C1-1s" / "results.json"
+    first = done.read_text()
+    assert json.loads(first)["checkpoint"] == "a/run1/last.pt"
+    with pytest.raises(SystemExit, match=r"^error: output folder .*eval-set-run1-last-pooled-C1-1s "
+                                         r"holds the results of a/run1/last\.pt on x/set; not "
+                                         r"overwritten"):  # fmt: skip
+        eval_run.main(["--checkpoint=b/run1/last.pt", *network])
+    assert done.read_text() == first
+    eval_run.main([f"--checkpoint={tmp_path / 'a' / 'run1' / 'last.pt'}", *network])  # a rerun
+    assert json.loads(done.read_text())["checkpoint"] == str(tmp_path / "a/run1/last.pt")
+
+    mfcc = ["--features=mfcc", "--dataset=generic", "--C=1", "--no-progress"]
+    eval_run.main([*mfcc, "--root=x/set"])
+    with pytest.raises(SystemExit, match=r"holds the results of mfcc on x/set"):
+        eval_run.main([*mfcc, "--root=y/set"])
+    eval_run.main([*mfcc, "--root=./x/set/"])
+    eval_run.main([*mfcc, "--root=y/set", f"--out={tmp_path / 'y-out'}"])  # --out: the user's
+    assert (tmp_path / "y-out" / "results.json").is_file()
+    capsys.readouterr()
+
+
+def test_options_the_features_or_dataset_ignore_are_refused(tmp_path: Path, capsys) -> None:
+    """They would name the output folder, or look obeyed, while changing nothing; left out,
+    their defaults stand as before."""
+    root = f"--root={tmp_path}"
+    for argv, message in [
+        (["--features=mfcc", "--layer=conv5"], "--layer: not used by --features mfcc"),
+        (["--features=mfcc", "--seconds=5", "--checkpoint=random:soundnet8"],
+         "--checkpoint, --seconds: not used by --features mfcc"),
+        (["--checkpoint=random:soundnet8", "--meta=x.csv"], "--meta is for --dataset generic"),
+        (["--features=mfcc", "--dataset=esc10", "--meta=x.csv"], "--dataset esc10 reads ROOT"),
+        (["--features=mfcc", "--dataset=generic", "--subset=esc10"], "--subset is ESC-50's"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as done:
+            eval_run.parse_args([*argv, root])
+        assert done.value.code == 2 and message in capsys.readouterr().err, argv
+    assert eval_run.parse_args(["--features=mfcc", root]).seconds == 10.0
+    assert eval_run.parse_args(["--checkpoint=random:soundnet8", "--seconds=5", root]).seconds == 5
+    generic_meta = eval_run.parse_args(
+        ["--features=mfcc", "--dataset=generic", "--meta=m.csv", root]
+    )
+    assert generic_meta.meta == Path("m.csv")
+
+
+def test_checkpoints_of_wrong_contents_are_named_errors(tmp_path: Path, capsys) -> None:
+    """Our format tag over contents that do not rebuild a model: one line naming the file, from
+    eval.predict and eval.run (they were a KeyError, a ValueError naming no file and
+    load_state_dict's RuntimeError, as tracebacks)."""
+    weights = build_model("soundnet5", {"objects": 5}).state_dict()
+    tag = {"format": FORMAT, "version": VERSION}
+    cases = {
+        "noarch": ({**tag, "heads": {"objects": 5}, "model": weights}, "no 'arch' field"),
+        "arch": ({**tag, "arch": "soundnet9", "heads": {"objects": 5}, "model": weights},
+                 "unknown arch 'soundnet9'"),
+        "heads": ({**tag, "arch": "soundnet5", "heads": {"objects": 7}, "model": weights},
+                  "its weights do not fit soundnet5 with heads {'objects': 7}: size mismatch"),
+        "labels": ({**tag, "arch": "soundnet5", "heads": {"objects": 5}, "model": weights,
+                    "labels": {"objects": ["a", "b"]}},
+                   "2 class names for head 'objects' of 5 outputs"),
+    }  # fmt: skip
+    clips = tiny_clips(tmp_path / "audio", 2)
+    for name, (payload, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(payload, path)
+        with pytest.raises(SystemExit) as done:
+            predict.main([f"--checkpoint={path}", str(clips[0])])
+        assert str(done.value.code).startswith(f"error: {path}: {message}"), done.value.code
+    root = write_generic(tmp_path / "set", [(clips[0], 1, "a"), (clips[1], 2, "a")])
+    with pytest.raises(SystemExit, match=r"^error: .*heads\.pt: its weights do not fit"):
+        eval_run.main([f"--checkpoint={tmp_path / 'heads.pt'}", "--dataset=generic",
+                       f"--root={root}", f"--out={tmp_path / 'out'}", "--no-progress"])  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def test_options_are_checked_before_any_work(tmp_path: Path, capsys) -> None:

@@ -127,6 +127,7 @@ def refusal(main, argv: list[str], capsys) -> str:
         ("--batch-size=-2", "argument --batch-size: -2: must be at least 1"),
         ("--trainer-option=--wrokers=1", "--trainer-option: unrecognized arguments: --wrokers=1"),
         ("--trainer-option=--lr=abc", "--trainer-option: argument --lr: 'abc': not a number"),
+        ("--eval-option=--seconds=0", "argument --seconds: 0"),
     ],
 )
 def test_reproduce_refuses_bad_trainer_options_before_any_work(
@@ -140,6 +141,14 @@ def test_reproduce_refuses_bad_trainer_options_before_any_work(
             f"--out={out}", option]  # fmt: skip
     assert message in refusal(reproduce.main, argv, capsys)
     assert not started and not out.exists()
+
+
+def test_the_mfcc_row_leaves_out_the_networks_eval_options():
+    mfcc, student = (next(r for r in reproduce.rows(Path("out"), 4) if r.slug == slug)
+                     for slug in ("mfcc", "student"))  # fmt: skip
+    options = ["--layer=conv5", "--folds=1,2", "--seconds", "5", "--C=0.01"]
+    assert reproduce.for_row(mfcc, options) == ["--folds=1,2", "--C=0.01"]
+    assert reproduce.for_row(student, options) == options
 
 
 def test_reproduce_redoes_an_evaluation_whose_eval_options_changed(tmp_path, monkeypatch, capsys):
