@@ -31,3 +31,8 @@ def unexpected(uri: str, stage: str, err: Exception) -> InputError:
     """A bug or an odd library error still becomes a row that says what happened."""
     detail = str(err).strip().splitlines()[0] if str(err).strip() else "no details"
     return InputError(stage, f"{uri}: {type(err).__name__}: {detail}", type(err).__name__)
+
+
+def os_reason(err: OSError) -> str:
+    """What went wrong in words ('Is a directory'), for a message that names the file itself."""
+    return err.strerror or str(err) or type(err).__name__

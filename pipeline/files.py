@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import validate_table
-from schemas.io import TMP_MARKER, write_bytes_atomic
+from schemas.io import TMP_MARKER, sync_file, write_bytes_atomic
 
 
 def _filesystems() -> type:
@@ -110,6 +110,8 @@ def growing_file(path: str) -> Iterator[BinaryIO]:
     try:
         yield stream
         stream.close()
+        if not is_remote(path):  # an object store's object is whole once closed
+            sync_file(tmp)
         _filesystems().rename([tmp], [path])
     except BaseException:
         with contextlib.suppress(Exception):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
-from pipeline.errors import InputError
+from pipeline.errors import InputError, os_reason
 from schemas import MANIFEST_SCHEMA, validate_table
 
 MEDIA_EXTENSIONS = frozenset(
@@ -49,6 +52,7 @@ MEDIA_EXTENSIONS = frozenset(
 )
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 GLOB_CHARS = frozenset("*?[")
+T = TypeVar("T")
 
 
 class InputListError(ValueError):
@@ -94,9 +98,19 @@ def _resolve(entry: str, base: str) -> str:
 
 
 def _read_text_list(path: str) -> list[tuple[str, str | None]]:
-    with FileSystems.open(path) as f:
-        lines = f.read().decode("utf-8-sig").splitlines()  # -sig: a byte-order mark is no path
-    entries = [line.strip() for line in lines]
+    try:
+        with FileSystems.open(path) as f:
+            raw = f.read()
+    except OSError as err:  # a folder named x.txt, no permission, ...
+        raise InputListError(f"{path}: cannot read the list: {os_reason(err)}") from err
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark is no path
+    except UnicodeDecodeError as err:
+        raise InputListError(
+            f"{path}: the list is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+            f"{err.start}): save it as UTF-8"
+        ) from err
+    entries = [line.strip() for line in text.splitlines()]
     return [(_resolve(e, path), None) for e in entries if e and not e.startswith("#")]
 
 
@@ -121,6 +135,13 @@ def _read_manifest(path: str) -> list[tuple[str, str | None]]:
 
 def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
     """(uri, explicit id or None) for every input named by `spec`, in a deterministic order."""
+    try:
+        return _entries(spec)
+    except OSError as err:  # what the forms below do not word themselves
+        raise InputListError(f"--input {spec!r}: cannot be read: {os_reason(err)}") from err
+
+
+def _entries(spec: str) -> list[tuple[str, str | None]]:
     lower = spec.lower()
     # a path that exists is itself, even when its name has brackets ('Title [id].mp4')
     exists = files.exists(spec)
@@ -154,6 +175,42 @@ def read_input_entries(spec: str) -> list[tuple[str, str | None]]:
     return entries
 
 
+# A local copy's name at most: well under the 255 bytes of common file systems
+COPY_NAME_BYTES = 120
+_EXTENSION_BYTES = 16  # a longer "extension" is part of a name, not a format's
+
+
+def copy_name(uri: str) -> str:
+    """The file name of a remote input's local copy: the last part of its path, without an
+    http(s) query (a pre-signed URL's runs past 255 bytes), cut short but for its extension
+    (FFmpeg guesses some formats by it). In gs://, s3://, ... a '?' is part of the name."""
+    path = urllib.parse.urlsplit(uri).path if uri.startswith(("http://", "https://")) else uri
+    name = posixpath.basename(path.rstrip("/"))
+    name = "video" if name in ("", ".", "..") else name  # '..' would be the folder above
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode()) > _EXTENSION_BYTES:
+        stem, ext = name, ""
+    room = COPY_NAME_BYTES - len(ext.encode())
+    stem = stem.encode()[:room].decode("utf-8", "ignore")  # never half a character
+    return f"{stem or 'video'}{ext}"
+
+
+def name_the_input(err: InputError, local: str, uri: str) -> None:
+    """Make `err` say which input failed, not which temporary copy of it."""
+    if local != uri:
+        err.message = err.message.replace(local, uri)
+        err.args = (err.message,)
+
+
+def frames_naming_input(frames: Iterable[T], local: str, uri: str) -> Iterator[T]:
+    """`frames` as they come; a failure while decoding them names `uri`, not `local`."""
+    try:
+        yield from frames
+    except InputError as err:
+        name_the_input(err, local, uri)
+        raise
+
+
 @contextlib.contextmanager
 def local_media(uri: str, timeout_s: float = 600) -> Iterator[str]:
     """A local path for `uri`: the path itself, or a temporary copy of a remote object
@@ -161,9 +218,8 @@ def local_media(uri: str, timeout_s: float = 600) -> Iterator[str]:
     if not files.is_remote(uri) or uri.startswith("file://"):
         yield uri.removeprefix("file://")
         return
-    name = uri.rstrip("/").rsplit("/", 1)[-1] or "video"
     with tempfile.TemporaryDirectory(prefix="soundnet-") as tmp:
-        local = os.path.join(tmp, name)
+        local = os.path.join(tmp, copy_name(uri))
         try:
             if uri.startswith(("http://", "https://")):
                 with (
@@ -178,7 +234,6 @@ def local_media(uri: str, timeout_s: float = 600) -> Iterator[str]:
             raise InputError("read", f"{uri}: cannot read it: {type(err).__name__}: {err}") from err
         try:
             yield local
-        except InputError as err:  # say which input failed, not which temporary copy
-            err.message = err.message.replace(local, uri)
-            err.args = (err.message,)
+        except InputError as err:
+            name_the_input(err, local, uri)
             raise

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import files
+from pipeline.errors import os_reason
 from pipeline.inputs import InputListError
 from schemas import PLAN_SCHEMA, TASKS_SCHEMA, make_video_id
 
@@ -99,6 +100,18 @@ def make_plan(
 
     `options` are the settings that decide the output's content besides the inputs; a plan
     made with other ones (or other inputs) is refused with the differences named."""
+    try:
+        return _make_plan(output, entries, videos_per_shard, options)
+    except OSError as err:  # --output=/proc/x, a read-only disk, ...
+        where = f" ({err.filename})" if err.filename else ""
+        raise InputListError(
+            f"--output {output}: cannot hold the run: {os_reason(err)}{where}"
+        ) from err
+
+
+def _make_plan(
+    output: str, entries: list[tuple[str, str | None]], videos_per_shard: int, options: dict
+) -> Plan:
     uris, ids = assign_ids(entries)
     videos_per_shard = task_size(videos_per_shard, len(uris))
     digest = hashlib.sha256()

@@ -40,10 +40,23 @@ def shard_stem(task: int, part: int) -> str:
     return shard_name(task, part).removesuffix(".tar")
 
 
-def _task_and_part(marker: str) -> tuple[int, int]:
-    """(task, part) of a shard's marker, .../shard-TTTTTT-PPPP.json."""
-    _, task, part = marker.rsplit("/", 1)[-1].removesuffix(".json").split("-")
+def _task_and_part(path: str) -> tuple[int, int]:
+    """(task, part) of a shard's marker or rows, .../shard-TTTTTT-PPPP.json or .parquet:
+    the order of shards (past part 9999 or task 999999 their names sort out of it)."""
+    _, task, part = path.rsplit("/", 1)[-1].split(".", 1)[0].split("-")
     return int(task), int(part)
+
+
+def _in_shard_order(paths: list[str]) -> list[str]:
+    return sorted(paths, key=_task_and_part)
+
+
+def _has_samples(marker: str) -> bool:
+    """Whether the finished shard has a tar: one of failure rows only has none."""
+    try:
+        return json.loads(files.read_bytes(marker))["samples"] > 0
+    except (ValueError, KeyError, TypeError):  # unreadable: written again to be sure
+        return True
 
 
 def _folder(output: str, kind: str) -> str:
@@ -97,7 +110,7 @@ def last_shard(output: str, task: int) -> ShardDone | None:
     markers = files.listing(_folder(output, "done"), f"shard-{task:06d}-*.json")
     if not markers:
         return None
-    raw = json.loads(files.read_bytes(markers[-1]))
+    raw = json.loads(files.read_bytes(_in_shard_order(markers)[-1]))
     return ShardDone(**{**raw, "next": Position(**raw["next"])})
 
 
@@ -111,11 +124,14 @@ def forget_lost_shards(output: str) -> list[str]:
     """Shards marked finished whose files are gone (deleted, lost by a disk): their markers
     and rows go, with those of their tasks' later shards and the tasks' own markers, so that
     the run writes them again from where each task's last shard left off. One listing of the
-    shards and one of the markers. Returns the lost shards' names."""
+    shards and one of the markers; a marker is read only when its shard has no tar (a shard
+    of failure rows only has none, and is not lost). Returns the lost shards' names."""
     present = {p.rsplit("/", 1)[-1] for p in files.listing(files.join(output, SHARDS_DIR), "*.tar")}
-    markers = files.listing(_folder(output, "done"), "shard-*.json")
-    parts = [_task_and_part(m) for m in markers]
-    lost = sorted((t, p) for t, p in parts if shard_name(t, p) not in present)
+    markers = {_task_and_part(m): m for m in files.listing(_folder(output, "done"), "shard-*.json")}
+    parts = list(markers)
+    # without a tar: lost, or never had one (only failure rows): only those markers are read
+    missing = [(t, p) for t, p in parts if shard_name(t, p) not in present]
+    lost = sorted(tp for tp in missing if _has_samples(markers[tp]))
     redo_from: dict[int, int] = {}
     for task, part in lost:
         redo_from.setdefault(task, part)
@@ -177,7 +193,7 @@ def _concatenate(output: str, kind: str, name: str, schema: pa.Schema, count) ->
     ):
         pending: list[pa.Table] = []
         rows = 0
-        for path in files.listing(_folder(output, kind), "shard-*.parquet"):
+        for path in _in_shard_order(files.listing(_folder(output, kind), "shard-*.parquet")):
             table = files.read_parquet(path, schema)
             count(table)
             pending.append(table)

@@ -48,7 +48,7 @@ from pipeline.teachers import (
 )
 from pipeline.transforms import WriteShardTasks
 from runtime import keep_freed_memory
-from schemas import FAILURES_FILE, RUN_FILE, SCHEMA_VERSION, format_labels, labels_path
+from schemas import FAILURES_FILE, LABELS_DIR, RUN_FILE, SCHEMA_VERSION, format_labels
 
 log = logging.getLogger("pipeline")
 
@@ -85,6 +85,11 @@ def content_options(
         "audio_codec": opts.audio_codec,
         "heads": {t.head: [t.name, t.weights_sha256] for t in teachers},
     }
+
+
+def labels_file(output: str, head: str) -> str:
+    """OUT/labels/HEAD.txt, through the remote-aware join: pathlib made gs:/b of gs://b."""
+    return files.join(output, LABELS_DIR, f"{head}.txt")
 
 
 def check_limits(opts: SoundNetOptions) -> None:
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputListError, TeacherError, ValueError) as err:
         return print_usage_error(UsageError(err))
     for t in teachers:
-        files.write_atomic(str(labels_path(output, t.head)), format_labels(list(t.labels)).encode())
+        files.write_atomic(labels_file(output, t.head), format_labels(list(t.labels)).encode())
 
     # The Beam job: every unfinished task, each written whole by one worker call
     settings = RunSettings(
@@ -248,11 +253,17 @@ def use_all_cores(options: PipelineOptions, argv: list[str]) -> None:
     their time in PyAV/ffmpeg and torch, which release the GIL, so threads overlap them."""
     if not runs_here(options):
         return
-    if any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in argv):
-        return
     direct = options.view_as(DirectOptions)
-    direct.direct_running_mode = "multi_threading"
-    direct.direct_num_workers = os.cpu_count() or 1
+    # each default only where its own option is absent: --direct_num_workers=4 alone had
+    # left Beam's in_memory mode, which runs one bundle at a time
+    if not _given(argv, "--direct_running_mode"):
+        direct.direct_running_mode = "multi_threading"
+    if not _given(argv, "--direct_num_workers"):
+        direct.direct_num_workers = os.cpu_count() or 1
+
+
+def _given(argv: list[str], option: str) -> bool:
+    return any(a == option or a.startswith(f"{option}=") for a in argv)
 
 
 def setup_logging() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline import decode, progress
 from pipeline.errors import InputError, unexpected
-from pipeline.inputs import local_media
+from pipeline.inputs import frames_naming_input, local_media
 from pipeline.labeller import FrameLabeller, Labelled, Teachers
 from pipeline.plan import PlannedVideo, ShardTask, read_task_videos
 from pipeline.progress import Position
@@ -129,7 +129,9 @@ class TaskWriter:
                     path, decoded.info, frame_times(decoded.segments), timeout_s=s.decode_timeout_s,
                     threads=1,
                 )  # fmt: skip
-                yield from labeller.push(decoded, video.uri, frames)  # frames read in here
+                # frames read in here, their failures caught there: named after the input
+                frames = frames_naming_input(frames, path, video.uri)
+                yield from labeller.push(decoded, video.uri, frames)
         except InputError as err:
             yield from labeller.fail(video, video.uri, err)
         except Exception as err:  # noqa: BLE001 - one bad input must never stop the run

@@ -1,15 +1,27 @@
 """--input forms: directory, glob, text list, CSV/Parquet manifest; the run's plan on disk."""
 
+import contextlib
+import functools
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import InputListError, read_input_entries
+from pipeline.errors import InputError
+from pipeline.inputs import InputListError, copy_name, local_media, read_input_entries
 from pipeline.plan import ShardTask, make_plan, read_task_videos
-from schemas import TASKS_SCHEMA, read_table
+from pipeline.segments import SegmentPlan
+from pipeline.task import RunSettings, TaskWriter
+from pipeline.teachers import TeacherInfo
+from schemas import FAILURES_SCHEMA, TASKS_SCHEMA, read_table
+from tests.conftest import REPO, run_pipeline
+from tests.test_media import ffmpeg
 
 
 @pytest.fixture
@@ -99,6 +111,27 @@ def test_bad_input_specs_are_clear_errors(tmp_path):
         read_input_entries(str(bad))
 
 
+def test_unreadable_lists_and_outputs_are_errors_that_name_them(tmp_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café.mp4\n".encode("latin-1"))
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text("clip.mp4\n", encoding="utf-16")
+    folder = tmp_path / "folder.txt"
+    folder.mkdir()
+    for path, words in [
+        (latin, "is not UTF-8 text (byte 0xe9 at offset 3)"),
+        (utf16, "is not UTF-8 text (byte 0xff at offset 0)"),
+        (folder, "cannot read the list: Is a directory"),
+    ]:
+        with pytest.raises(InputListError) as caught:
+            read_input_entries(str(path))
+        assert str(caught.value).startswith(f"{path}: ") and words in str(caught.value)
+    # the driver: a usage error (exit 2) naming the output, not a traceback
+    clip = REPO / "samples" / "videos" / "mdn-ie_friday.mp4"
+    assert run_pipeline(f"--input={clip}", "--output=/proc/soundnet-out") == 2
+    assert "--output /proc/soundnet-out: cannot hold the run" in capsys.readouterr().err
+
+
 def test_plan_assigns_stable_ids_and_tasks_and_drops_duplicate_uris(tmp_path):
     entries = [(f"/v/{i}.mp4", None) for i in range(5)] + [("/v/0.mp4", None)]
     plan = make_plan(str(tmp_path / "out"), entries, 2, {"segment_seconds": 20.0})
@@ -132,21 +165,23 @@ def test_plan_assigns_stable_ids_and_tasks_and_drops_duplicate_uris(tmp_path):
         make_plan(str(tmp_path / "ids"), [("/a.mp4", "same"), ("/b.mp4", "same")], 2, {})
 
 
-def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures(tmp_path):
-    import functools
-    import http.server
-    import threading
-
-    from pipeline.errors import InputError
-    from pipeline.inputs import local_media
-
-    (tmp_path / "clip.mp4").write_bytes(b"video bytes")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+@contextlib.contextmanager
+def serving(folder: Path) -> Iterator[str]:
+    """`folder` over HTTP on this machine: the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"video bytes")
+    with serving(tmp_path) as base:
         with local_media(f"{base}/clip.mp4") as path:
             assert path.endswith("clip.mp4")
             assert Path(path).read_bytes() == b"video bytes"
@@ -155,11 +190,51 @@ def test_remote_inputs_are_copied_locally_and_unreachable_ones_are_read_failures
         with missing as err, local_media(f"{base}/missing.mp4"):
             pass
         assert err.value.stage == "read"
-    finally:
-        server.shutdown()
-        server.server_close()
+        # a pre-signed URL: its query is no part of the copy's name (which it made too long)
+        signed = f"{base}/clip.mp4?X-Amz-Credential=abc%2F20240101&X-Amz-Signature={'f' * 400}"
+        with local_media(signed) as path:
+            assert Path(path).name == "clip.mp4"
+            assert Path(path).read_bytes() == b"video bytes"
     with local_media(str(tmp_path / "clip.mp4")) as path:
         assert path == str(tmp_path / "clip.mp4")
+
+
+def test_a_remote_copy_name_is_short_and_keeps_its_extension():
+    long_name = copy_name(f"https://host/v/{'é' * 200}.webm?token=1")
+    assert long_name.endswith(".webm") and len(long_name.encode()) <= 120
+    assert long_name.removesuffix(".webm").strip("é") == ""  # no half character left
+    assert copy_name("gs://bucket/clips/a?b.mp4") == "a?b.mp4"  # an object's name, whole
+    assert copy_name("https://host/?id=7") == "video"
+    assert copy_name("s3://bucket/..") == "video"  # never the temporary folder's parent
+
+
+def test_a_frame_failure_of_a_remote_input_names_its_url(tmp_path):
+    """The frames are decoded from a temporary copy; the failures row names the URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    # sound and a video stream every packet of which was dropped: probe and audio are fine,
+    # decoding frames fails
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4", "-f", "lavfi",
+           "-i", "sine=duration=4", "-c:v", "libx264", "-preset", "ultrafast",
+           "-bsf:v", "noise=dropamount=1", str(served / "no-pictures.mkv"))  # fmt: skip
+    head = TeacherInfo("objects", "uniform", "test", ["a", "b"], "0" * 64, "/nowhere")
+
+    def teacher(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"objects": np.full((len(frames), 2), 0.5, np.float32)}
+
+    out = str(tmp_path / "out")
+    with serving(served) as base:
+        url = f"{base}/no-pictures.mkv"
+        plan = make_plan(out, [(url, None)], 1, {})
+        (task,) = [ShardTask(**r) for r in read_table(plan.tasks_file, TASKS_SCHEMA).to_pylist()]
+        settings = RunSettings(out, SegmentPlan(2.0, 1.0), (head,), decode_timeout_s=60)
+        summary = TaskWriter(settings, teacher).write(task)
+    assert summary.videos_failed == 1
+    (row,) = read_table(
+        Path(out) / "_progress" / "failures" / "shard-000000-0000.parquet", FAILURES_SCHEMA
+    ).to_pylist()
+    assert row["source"] == url and row["stage"] == "decode_frames"
+    assert row["message"].startswith(f"{url}: ") and "soundnet-" not in row["message"], row
 
 
 def test_the_default_task_size_follows_the_corpus_not_the_machine():

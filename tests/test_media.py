@@ -334,6 +334,23 @@ def test_mpeg_ts_with_a_start_time_is_decoded_from_the_start(made, monkeypatch):
     assert len(decode.decode_audio(path, info)) == pytest.approx(3 * SR, rel=0.02)
 
 
+def test_a_video_under_two_frames_a_second_gives_the_frame_displayed_not_the_next(tmp_path):
+    """0.5 fps: each frame is shown for 2 s, longer than the ffmpeg path's look-back window;
+    MPEG-TS (the ffmpeg tool) must give what PyAV gives on an MP4 of the same pictures."""
+    source = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=0.5:duration=12"]
+    sound = ["-f", "lavfi", "-i", "sine=duration=12"]
+    paths = {ext: str(tmp_path / f"slow.{ext}") for ext in ("ts", "mp4")}
+    for path in paths.values():
+        ffmpeg(*source, *sound, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", path)
+    times = [0.3, 1.0, 1.9, 2.5, 3.7, 5.2, 7.9, 9.0, 11.5, 14.0]  # frames start every 2 s
+    ts, ts_backend = frames_and_backend(paths["ts"], decode.probe(paths["ts"]), times)
+    mp4, mp4_backend = frames_and_backend(paths["mp4"], decode.probe(paths["mp4"]), times)
+    assert (ts_backend, mp4_backend) == ("ffmpeg", "pyav")
+    diffs = [mean_abs_diff(a, b) for a, b in zip(ts, mp4, strict=True)]
+    assert max(diffs) < 4, diffs
+    assert mean_abs_diff(mp4[2], mp4[3]) > 10  # 1.9 s and 2.5 s are different pictures
+
+
 def test_ffmpeg_path_seeks_in_groups_and_agrees_with_pyav(shared_videos, monkeypatch):
     path = str(shared_videos / "mdn-sa_tears-of-steel-battle-clip-medium.webm")  # 70 s
     info = decode.probe(path)

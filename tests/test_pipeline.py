@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections import defaultdict
@@ -288,3 +289,37 @@ def test_demo_runs_on_the_bundled_sample_without_shared_data(tmp_path):
     assert "failures: 0" in proc.stdout
     for name in ["mdn-ie_friday.mp4", "mdn-la_rabbit320.mp4"]:
         assert name in proc.stdout
+
+
+def test_labels_of_an_object_store_output_stay_under_its_url():
+    from pipeline.run import labels_file
+
+    # Beam joins s3:// and azfs:// without their extras; gs:// goes the same way (pathlib
+    # had made gs:/bucket of gs://bucket, a local folder named 'gs:')
+    assert labels_file("s3://bucket/out", "objects") == "s3://bucket/out/labels/objects.txt"
+    assert labels_file("azfs://acct/box/out", "scenes") == "azfs://acct/box/out/labels/scenes.txt"
+    assert labels_file("/data/out", "objects") == "/data/out/labels/objects.txt"
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ([], ("multi_threading", "CORES")),
+        (["--direct_num_workers=4"], ("multi_threading", 4)),
+        (["--direct_running_mode=multi_processing"], ("multi_processing", "CORES")),
+        (["--direct_running_mode", "in_memory", "--direct_num_workers", "2"], ("in_memory", 2)),
+    ],
+)
+def test_the_direct_runner_gets_each_core_default_its_options_leave_out(given, expected):
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from pipeline.options import parse_args
+    from pipeline.run import use_all_cores
+
+    argv = ["--runner=DirectRunner", "--input=in", "--output=out", *given]
+    options = parse_args(argv)
+    use_all_cores(options, argv)
+    direct = options.view_as(DirectOptions)
+    cores = os.cpu_count() or 1
+    want = tuple(cores if v == "CORES" else v for v in expected)
+    assert (direct.direct_running_mode, direct.direct_num_workers) == want

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from schemas import INDEX_SCHEMA, decode_sample, read_table
-from tests.conftest import REPO, assert_same_sample, write_report
+from pipeline import progress
+from pipeline.progress import Position, ShardDone
+from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, decode_sample, read_table
+from tests.conftest import REPO, assert_same_sample, run_pipeline, write_report
 
 CLIPS = [
     "mdn-ie_friday.mp4",
@@ -119,3 +122,68 @@ def test_sigkill_at_several_moments_then_rerun_equals_a_clean_run(shared_videos,
     run_to_end(listing, out)
     assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == before
     write_report("sigkill", {"kill_points_survived": survived, "samples": len(want)})
+
+
+def test_a_task_of_failures_only_is_finished_and_a_rerun_redoes_nothing(tmp_path):
+    """Its one shard has failure rows and no tar: that is no lost shard to write again."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.mp4").write_bytes(b"")
+    args = [f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}"]
+    assert run_pipeline(*args) == 0
+    done = tmp_path / "out" / "_progress" / "done"
+    marker = json.loads((done / "shard-000000-0000.json").read_text())
+    assert (marker["samples"], marker["failures"]) == (0, 1)
+    assert not list((tmp_path / "out" / "shards").glob("*.tar"))
+    before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    assert run_pipeline(*args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
+    runs = json.loads((tmp_path / "out" / "run.json").read_text())["runs"]
+    assert [r["tasks_written"] for r in runs] == [1, 0]
+    (row,) = read_table(tmp_path / "out" / "failures.parquet", FAILURES_SCHEMA).to_pylist()
+    assert row["source"] == str(tmp_path / "in" / "empty.mp4")
+
+
+def test_shards_past_part_9999_resume_after_the_last_and_merge_in_order(tmp_path):
+    """Names sort 'shard-000000-10000' before 'shard-000000-9999': order is by number."""
+    out = str(tmp_path)
+    shards = [(0, 10000), (0, 2), (1_000_000, 0), (0, 9999), (999_999, 0)]
+    for task, part in shards:
+        source = f"/videos/{task}-{part}.mp4"
+        row = {"source": source, "stage": "probe", "error_type": "InputError", "message": source}
+        progress.record_shard(out, ShardDone(task, part, 0, 1, 0.0, Position(part)), [], [row])
+    assert progress.last_shard(out, 0).part == 10000
+    assert progress.last_shard(out, 0).next == Position(10000)
+    progress.merge(out)
+    merged = read_table(tmp_path / "failures.parquet", FAILURES_SCHEMA).column("source")
+    assert merged.to_pylist() == [f"/videos/{t}-{p}.mp4" for t, p in sorted(shards)]
+
+
+def test_written_files_reach_the_disk_before_they_take_their_final_name(tmp_path, monkeypatch):
+    """A power loss after the rename must not leave an empty file under the final name."""
+    from pipeline import files
+
+    events: list[tuple[str, str]] = []
+    fsync, rename, replace = os.fsync, os.rename, os.replace
+
+    def synced(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def renamed(real):
+        def move(source, destination) -> None:
+            events.append(("rename", str(source)))
+            real(source, destination)
+
+        return move
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "rename", renamed(rename))
+    monkeypatch.setattr(os, "replace", renamed(replace))
+    files.write_atomic(str(tmp_path / "a.json"), b"{}")
+    with files.growing_file(str(tmp_path / "b.tar")) as stream:
+        stream.write(b"data")
+    moved = [path for kind, path in events if kind == "rename"]
+    assert [Path(p).name.split(".tmp-")[0] for p in moved] == ["a.json", "b.tar"]
+    for path in moved:  # each synced, under its temporary name, before it was renamed
+        assert events.index(("fsync", path)) < events.index(("rename", path))
+    assert (tmp_path / "b.tar").read_bytes() == b"data"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -14,12 +15,14 @@ import pytest
 from pipeline import plan as planning
 from pipeline.errors import InputError
 from pipeline.labeller import FrameLabeller
+from pipeline.plan import ShardTask
 from pipeline.segments import SegmentPlan
-from pipeline.task import RunSettings
-from pipeline.teachers import resolve_teacher
+from pipeline.task import RunSettings, TaskWriter
+from pipeline.teachers import TeacherInfo, resolve_teacher
 from pipeline.transforms import WriteShardTasks
-from schemas import INDEX_SCHEMA, read_table
+from schemas import FAILURES_SCHEMA, INDEX_SCHEMA, TASKS_SCHEMA, read_table
 from tests.conftest import assert_same_sample, run_pipeline
+from tests.test_media import ffmpeg
 from tests.test_pipeline import read_samples
 
 ROLLOVER_CLIPS = [
@@ -122,6 +125,33 @@ def test_frames_stream_through_batches_that_span_videos_and_a_bad_video_is_isola
     assert max(batches) == batch_size and sum(batches) == 30 + 2 + 1
     assert max(held) == batch_size  # never more than a batch of frames in memory
     assert any(len({f[0, 0, 0] for f in c}) > 1 for c in calls if c)  # batches span videos
+
+
+def test_time_in_slow_teachers_does_not_count_against_the_decode_timeout(tmp_path):
+    """The frames decoder waits while the teachers label each batch; only its own decoding
+    counts against --decode-timeout (a video of slow CPU teachers was failed as timed out)."""
+    clip = tmp_path / "clip.mp4"  # 4 s: two 2 s segments, 8 frames at one each 0.5 s
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=4", "-f", "lavfi",
+           "-i", "sine=duration=4", "-c:v", "libx264", "-preset", "ultrafast", str(clip))  # fmt: skip
+    out = str(tmp_path / "out")
+    plan = planning.make_plan(out, [(str(clip), None)], 1, {})
+    (task,) = [ShardTask(**row) for row in read_table(plan.tasks_file, TASKS_SCHEMA).to_pylist()]
+    head = TeacherInfo("objects", "slow", "test", ["a", "b"], "0" * 64, "/nowhere")
+    timeout_s, waited = 1.0, []
+
+    def slow_teacher(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.3)
+        waited.append(0.3)
+        return {"objects": np.full((len(frames), 2), 0.5, np.float32)}
+
+    settings = RunSettings(out, SegmentPlan(2.0, 0.5), (head,), teacher_batch_size=1,
+                           decode_timeout_s=timeout_s)  # fmt: skip
+    summary = TaskWriter(settings, slow_teacher).write(task)
+    failures = read_table(Path(out) / "_progress/failures/shard-000000-0000.parquet",
+                          FAILURES_SCHEMA).to_pylist()  # fmt: skip
+    assert failures == []
+    assert (summary.samples, summary.videos_failed) == (2, 0)
+    assert sum(waited) > 2 * timeout_s  # the decoder was paused longer than its limit
 
 
 def graph_bytes(output: Path, videos: int) -> int:

@@ -6,6 +6,8 @@ Times go in groups, one ffmpeg call each, seeking to each group's stretch of the
 group's frames are handed on before the next is decoded, so a long video's frames are never
 all held at once. Where seeking is inexact (MPEG-PS/TS, raw streams) a group seeks to well
 before its first time, so that decoding has passed a keyframe when the wanted frames come.
+A frame that started before a time's look-back window (under 2 fps, or after a gap in the
+frames) is found by the packets' start times and fetched by a call of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ TIMES_PER_CALL = 32
 INEXACT_SEEK_FORMATS = frozenset({"mpeg", "mpegts", "mpegvideo", "m2ts", "h264", "hevc"})
 # How far before a group's first time an inexact seek lands (longer than any usual GOP).
 INEXACT_SEEK_MARGIN_S = 10.0
+# A frame whose start time is known is kept within this of it (t and pts_time round apart).
+_EXACT_WINDOW_S = 1e-3
 
 
 def seeks_exactly(info: MediaInfo) -> bool:
@@ -66,17 +70,27 @@ class _Selection:
 
     def pick(self, target: float, window: float) -> np.ndarray | None:
         """The frame displayed at `target`; None when this selection cannot tell."""
-        times = self.times
-        shown = np.flatnonzero((times <= target + 1e-6) & (times >= target - window - 1e-6))
-        if shown.size:
-            return self.frames[shown[np.argmax(times[shown])]]
-        later = np.flatnonzero(times > target)
+        shown = self.in_window(target, window)
+        if shown is not None:
+            return shown
+        later = np.flatnonzero(self.times > target)
         if later.size:  # nothing starts in the window: before the first frame, or a long gap
-            return self.frames[later[np.argmin(times[later])]]
+            return self.frames[later[np.argmin(self.times[later])]]
         # Past the end: the last frame overall, if the tail was kept and reached.
+        times = self.times
         if self.tail_from is not None and times.size and np.nanmax(times) >= self.tail_from:
             return self.frames[int(np.nanargmax(times))]
         return None
+
+    def in_window(self, target: float, window: float) -> np.ndarray | None:
+        """The last frame starting in [target - window, target], if one does."""
+        times = self.times
+        shown = np.flatnonzero((times <= target + 1e-6) & (times >= target - window - 1e-6))
+        return self.frames[shown[np.argmax(times[shown])]] if shown.size else None
+
+    def only_later(self, target: float, window: float) -> bool:
+        """Whether `pick` takes a frame after `target`: none starts in its window before it."""
+        return self.in_window(target, window) is None and bool(np.any(self.times > target))
 
 
 def _ffmpeg_select(
@@ -144,15 +158,15 @@ def _ffmpeg_select(
     return _Selection(frames, times, tail_from, err)
 
 
-def _last_frame_time(path: str, info: MediaInfo, timeout_s: float) -> float | None:
-    """The video stream's last presentation time, from its packets (demuxing, no decoding)."""
+def _packet_times(path: str, info: MediaInfo, timeout_s: float) -> np.ndarray:
+    """The video stream's presentation times, sorted, from its packets (demuxing, no
+    decoding): where each frame starts, however sparse or irregular the frames."""
     stream = str(info.video_stream_index) if info.video_stream_index >= 0 else "v:0"
     args = [FFPROBE, "-v", "level+error", "-select_streams", stream]
     args += ["-show_entries", "packet=pts_time", "-of", "csv=p=0", *tool_args(), "-i", path]
     out, _ = run(args, "decode_frames", path, "ffprobe", timeout_s)
     times = [number(line.strip(" ,")) for line in out.decode("utf-8", "replace").splitlines()]
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
+    return np.sort(np.array([t for t in times if t is not None], np.float64))
 
 
 def ffmpeg_frames(
@@ -166,15 +180,38 @@ def ffmpeg_frames(
     """uint8 [H, W, 3] scaled to `out_size`, one per absolute time in `targets` (sorted): the
     frame displayed then; times past the last frame get the last frame."""
     frame_period = 1.0 / info.fps if info.fps else 0.1
+    # capped: a frame rate misreported low must not keep every frame of a long stretch; a
+    # frame that starts before its target's window is reached back to (`reach_back`)
     window = min(max(1.5 * frame_period, 0.02), 0.5)
     video_start = info.start_time_s if info.video_start_time_s is None else info.video_start_time_s
     length = info.video_duration_s or (info.duration_s + info.start_time_s - video_start)
     end = video_start + length if length > 0 else None  # estimated end of the last frame
+    starts: list[np.ndarray] = []  # the frames' start times, listed once if ever needed
 
-    def select(group: np.ndarray, tail_from: float | None, to_end: bool) -> _Selection:
+    def select(
+        group: np.ndarray, tail_from: float | None, to_end: bool, within: float = window
+    ) -> _Selection:
         return _ffmpeg_select(
-            path, info, group, window, tail_from, to_end, out_size, threads, timeout_s
+            path, info, group, within, tail_from, to_end, out_size, threads, timeout_s
         )
+
+    def reach_back(group: np.ndarray, selection: _Selection) -> dict[float, np.ndarray]:
+        """The frames displayed at the times of `group` whose frame starts before their
+        window (under 2 fps, or after a gap in the frames), found by the frames' start times."""
+        unsure = [t for t in group.tolist() if selection.only_later(t, window)]
+        if not unsure:
+            return {}
+        if not starts:
+            starts.append(_packet_times(path, info, timeout_s))
+        index = np.searchsorted(starts[0], np.array(unsure) + 1e-6, side="right") - 1
+        shown_at = {
+            t: float(starts[0][i]) for t, i in zip(unsure, index.tolist(), strict=True) if i >= 0
+        }
+        if not shown_at:  # all before the first frame: the first frame is right
+            return {}
+        exact = select(np.unique(list(shown_at.values())), None, False, _EXACT_WINDOW_S)
+        found = {t: exact.in_window(start, _EXACT_WINDOW_S) for t, start in shown_at.items()}
+        return {t: frame for t, frame in found.items() if frame is not None}
 
     # Frames go out in time order; once one is missing (past the end of a video whose
     # duration was misreported), the rest wait for the real end to be found.
@@ -185,8 +222,10 @@ def ffmpeg_frames(
         near_end = end is not None and group[-1] > end - 1.0
         last = number_ == len(groups) - 1
         selection = select(group, end - 1.0 if near_end else None, to_end=last or near_end)
+        earlier = reach_back(group, selection)
         for target in group.tolist():
-            frame = selection.pick(target, window)
+            frame = earlier.get(target)
+            frame = selection.pick(target, window) if frame is None else frame
             if frame is not None and not waiting:
                 yield frame
             else:
@@ -195,10 +234,11 @@ def ffmpeg_frames(
     if not missing.size:
         yield from (frame for _, frame in waiting)
         return
-    last_time = _last_frame_time(path, info, timeout_s)
+    if not starts:
+        starts.append(_packet_times(path, info, timeout_s))
     selection = None
-    if last_time is not None:  # keep from just before it: t and pts_time round differently
-        selection = select(missing, last_time - 1e-3, to_end=True)
+    if starts[0].size:  # keep from just before the last: t and pts_time round differently
+        selection = select(missing, float(starts[0][-1]) - 1e-3, to_end=True)
     for target, frame in waiting:
         if frame is None:
             frame = selection.pick(target, window) if selection else None

@@ -51,6 +51,29 @@ def _check(deadline: float, timeout_s: float) -> None:
         raise TimedOut(f"PyAV timed out after {timeout_s:g} s")
 
 
+class _DecodeClock:
+    """Time spent decoding, paused while a generator waits on its caller: the teachers label
+    a batch between two frames, and their time is no decoding time."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s, self.spent = timeout_s, 0.0
+        self.since: float | None = None  # running since then; None while paused
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - self.since
+            self.since = None
+
+    def check(self) -> None:
+        now = self.spent + (time.monotonic() - self.since if self.since is not None else 0.0)
+        if now > self.timeout_s:
+            raise TimedOut(f"PyAV timed out after {self.timeout_s:g} s")
+
+
 def usable(path: str) -> bool:
     """Only non-empty regular files: pipes, devices and directories go to the timed tools."""
     try:
@@ -217,6 +240,7 @@ def frames_at(
     that time (the container's index says), and otherwise decodes on, so no frame is decoded
     twice and frames between wanted GOPs are never decoded. For containers where seeking is
     exact (not MPEG-PS/TS or raw streams: frames.py sends those to the ffmpeg tool).
+    `timeout_s` bounds the time spent decoding, not the time the caller takes between frames.
     """
     with _open(path) as container:
         stream = container.streams[stream_index] if stream_index >= 0 else None
@@ -224,11 +248,14 @@ def frames_at(
         stream.thread_count = threads
         if threads != 1:
             stream.thread_type = "AUTO"
-        cursor = _Cursor(container, stream, _deadline(timeout_s), timeout_s)
+        clock = _DecodeClock(timeout_s)
+        cursor = _Cursor(container, stream, clock)
         for target in targets.tolist():
-            if cursor.should_seek(target):
-                cursor.seek(target)
-            yield _picture(cursor.shown_at(target), out_size)
+            with clock.running():  # not while the caller holds the frame (it labels batches)
+                if cursor.should_seek(target):
+                    cursor.seek(target)
+                picture = _picture(cursor.shown_at(target), out_size)
+            yield picture
 
 
 class _Cursor:
@@ -239,11 +266,9 @@ class _Cursor:
         self,
         container: av.container.InputContainer,
         stream: av.stream.Stream,
-        deadline: float,
-        timeout_s: float,
+        clock: _DecodeClock,
     ):
-        self.container, self.stream = container, stream
-        self.deadline, self.timeout_s = deadline, timeout_s
+        self.container, self.stream, self.clock = container, stream, clock
         self.keyframes: list[float] = []  # read after the first seek (Matroska loads cues then)
         self.frames: Iterator[av.VideoFrame] | None = None
         self.shown: av.VideoFrame | None = None
@@ -287,7 +312,7 @@ class _Cursor:
 
     def _next(self) -> None:
         """Decode one more frame into `ahead` (None at the end), checking its time."""
-        _check(self.deadline, self.timeout_s)
+        self.clock.check()
         previous = self.ahead or self.shown
         self.ahead = next(self.frames, None)
         if self.ahead is None:
