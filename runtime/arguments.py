@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 
 def whole_number(text: str) -> int:
@@ -26,37 +30,22 @@ def number(text: str) -> float:
     return value
 
 
-def at_least_one(text: str) -> int:
-    value = whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
+def _bounded(
+    parse: Callable[[str], T], allowed: Callable[[T], bool], rule: str
+) -> Callable[[str], T]:
+    """An argparse type: `parse`, then refuse a value outside `rule`."""
+
+    def checked(text: str) -> T:
+        value = parse(text)
+        if not allowed(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be {rule}")
+        return value
+
+    return checked
 
 
-def at_least_zero(text: str) -> int:
-    value = whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
-    return value
-
-
-def positive(text: str) -> float:
-    value = number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
-    return value
-
-
-def not_negative(text: str) -> float:
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
-
-
-def fraction_below_one(text: str) -> float:
-    """In [0, 1): Adam's betas."""
-    value = number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 0 and less than 1")
-    return value
+at_least_one = _bounded(whole_number, lambda v: v >= 1, "at least 1")
+at_least_zero = _bounded(whole_number, lambda v: v >= 0, "0 or more")
+positive = _bounded(number, lambda v: v > 0, "more than 0")
+not_negative = _bounded(number, lambda v: v >= 0, "0 or more")
+fraction_below_one = _bounded(number, lambda v: 0 <= v < 1, "at least 0 and less than 1")  # betas

@@ -12,6 +12,7 @@ frames) is found by the packets' start times and fetched by a call of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -186,7 +187,10 @@ def ffmpeg_frames(
     video_start = info.start_time_s if info.video_start_time_s is None else info.video_start_time_s
     length = info.video_duration_s or (info.duration_s + info.start_time_s - video_start)
     end = video_start + length if length > 0 else None  # estimated end of the last frame
-    starts: list[np.ndarray] = []  # the frames' start times, listed once if ever needed
+
+    @functools.cache  # listed once a video, and only if ever needed
+    def frame_starts() -> np.ndarray:
+        return _packet_times(path, info, timeout_s)
 
     def select(
         group: np.ndarray, tail_from: float | None, to_end: bool, within: float = window
@@ -201,11 +205,10 @@ def ffmpeg_frames(
         unsure = [t for t in group.tolist() if selection.only_later(t, window)]
         if not unsure:
             return {}
-        if not starts:
-            starts.append(_packet_times(path, info, timeout_s))
-        index = np.searchsorted(starts[0], np.array(unsure) + 1e-6, side="right") - 1
+        starts = frame_starts()
+        index = np.searchsorted(starts, np.array(unsure) + 1e-6, side="right") - 1
         shown_at = {
-            t: float(starts[0][i]) for t, i in zip(unsure, index.tolist(), strict=True) if i >= 0
+            t: float(starts[i]) for t, i in zip(unsure, index.tolist(), strict=True) if i >= 0
         }
         if not shown_at:  # all before the first frame: the first frame is right
             return {}
@@ -234,11 +237,9 @@ def ffmpeg_frames(
     if not missing.size:
         yield from (frame for _, frame in waiting)
         return
-    if not starts:
-        starts.append(_packet_times(path, info, timeout_s))
-    selection = None
-    if starts[0].size:  # keep from just before the last: t and pts_time round differently
-        selection = select(missing, float(starts[0][-1]) - 1e-3, to_end=True)
+    starts, selection = frame_starts(), None
+    if starts.size:  # keep from just before the last: t and pts_time round differently
+        selection = select(missing, float(starts[-1]) - 1e-3, to_end=True)
     for target, frame in waiting:
         if frame is None:
             frame = selection.pick(target, window) if selection else None
