@@ -29,6 +29,8 @@ from schemas import (
     INDEX_SCHEMA,
     SHARDS_DIR,
     shard_name,
+    shard_order,
+    shard_task_and_part,
     table_from_rows,
 )
 
@@ -40,15 +42,8 @@ def shard_stem(task: int, part: int) -> str:
     return shard_name(task, part).removesuffix(".tar")
 
 
-def _task_and_part(path: str) -> tuple[int, int]:
-    """(task, part) of a shard's marker or rows, .../shard-TTTTTT-PPPP.json or .parquet:
-    the order of shards (past part 9999 or task 999999 their names sort out of it)."""
-    _, task, part = path.rsplit("/", 1)[-1].split(".", 1)[0].split("-")
-    return int(task), int(part)
-
-
 def _in_shard_order(paths: list[str]) -> list[str]:
-    return sorted(paths, key=_task_and_part)
+    return sorted(paths, key=shard_order)
 
 
 def _has_samples(marker: str) -> bool:
@@ -127,7 +122,8 @@ def forget_lost_shards(output: str) -> list[str]:
     shards and one of the markers; a marker is read only when its shard has no tar (a shard
     of failure rows only has none, and is not lost). Returns the lost shards' names."""
     present = {p.rsplit("/", 1)[-1] for p in files.listing(files.join(output, SHARDS_DIR), "*.tar")}
-    markers = {_task_and_part(m): m for m in files.listing(_folder(output, "done"), "shard-*.json")}
+    done = files.listing(_folder(output, "done"), "shard-*.json")
+    markers = {tp: m for m in done if (tp := shard_task_and_part(m))}  # a stray name is not ours
     parts = list(markers)
     # without a tar: lost, or never had one (only failure rows): only those markers are read
     missing = [(t, p) for t, p in parts if shard_name(t, p) not in present]

@@ -17,6 +17,8 @@ from schemas.layout import (
     SHARDS_DIR,
     labels_path,
     shard_name,
+    shard_order,
+    shard_task_and_part,
 )
 from schemas.sample import (
     AUDIO_CODECS,
@@ -86,6 +88,8 @@ __all__ = [
     "read_table",
     "sample_key",
     "shard_name",
+    "shard_order",
+    "shard_task_and_part",
     "table_from_rows",
     "validate_table",
     "write_table",

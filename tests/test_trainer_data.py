@@ -126,6 +126,18 @@ def test_shard_specs_all_find_the_same_shards(factory_output, tmp_path, caplog):
     assert len(source.urls) == 4 and "2 of 6 shards do not exist" in caplog.text
 
 
+def test_a_folder_and_a_glob_list_shards_by_task_and_part_past_9999(tmp_path):
+    """'shard-000000-10000.tar' sorts before 'shard-000000-9999.tar' by name; other tars last."""
+    names = ["shard-000000-10000.tar", "shard-000000-0002.tar", "extra.tar",
+             "shard-1000000-0000.tar", "shard-000000-9999.tar", "shard-999999-0000.tar"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).touch()
+    expected = ["shard-000000-0002.tar", "shard-000000-9999.tar", "shard-000000-10000.tar",
+                "shard-999999-0000.tar", "shard-1000000-0000.tar", "extra.tar"]  # fmt: skip
+    for spec in (str(tmp_path), f"{tmp_path}/*.tar"):
+        assert [Path(u).name for u in resolve_shards(spec).urls] == expected, spec
+
+
 def test_urls_pass_through_to_webdataset():
     source = resolve_shards("https://host/data/OUT/shards/shard-{000000..000002}.tar")
     assert source.urls == [f"https://host/data/OUT/shards/shard-00000{i}.tar" for i in range(3)]

@@ -62,6 +62,7 @@ from schemas import (
     generic_labels,
     labels_path,
     read_labels,
+    shard_order,
 )
 from schemas.frames import step_rows
 from schemas.labels import is_url
@@ -139,7 +140,7 @@ def _resolve_one(spec: str) -> ShardSource:
     if path.is_dir():
         if (path / SHARDS_DIR).is_dir():
             path = path / SHARDS_DIR
-        urls = sorted(str(p) for p in path.glob("*.tar"))
+        urls = sorted((str(p) for p in path.glob("*.tar")), key=shard_order)
         if not urls:
             raise ShardSpecError(f"{spec}: no .tar shards in this directory")
         return ShardSource(urls, _root_of(urls[0]))
@@ -147,7 +148,7 @@ def _resolve_one(spec: str) -> ShardSource:
     for pattern in wds.shardlists.expand_urls(spec):
         # a file that exists is itself, even when its path has brackets ('runs [v2]/...')
         literal = not glob.has_magic(pattern) or Path(pattern).is_file()
-        urls += [pattern] if literal else sorted(glob.glob(pattern))
+        urls += [pattern] if literal else sorted(glob.glob(pattern), key=shard_order)
     present = [u for u in urls if Path(u).is_file()]
     if not present:
         raise ShardSpecError(f"{spec}: no shard files match (looked for {urls[:3]}...)")
