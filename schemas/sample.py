@@ -232,6 +232,10 @@ def _check_metadata(meta: SampleMetadata, where: str, heads: Mapping[str, Any]) 
         raise SampleError(f"{where}: audio_codec {meta.audio_codec!r} is not one of {AUDIO_CODECS}")
     if heads.keys() != meta.heads.keys():
         raise SampleError(f"{where}: heads {sorted(heads)} != metadata {sorted(meta.heads)}")
+    if not meta.heads:
+        raise SampleError(f"{where}: no teacher heads (a sample is audio with its teachers' rows)")
+    if meta.schema_version >= 2 and meta.frame_interval_s is None:
+        raise SampleError(f"{where}: schema_version {meta.schema_version} without frame_interval_s")
     if not meta.frame_times_s:
         raise SampleError(f"{where}: no teacher frames")
     if meta.num_samples < 1 or meta.start_s < 0 or meta.duration_s <= 0:  # decoding refuses them

@@ -1,5 +1,6 @@
 """The shard format and table schemas: round trips, validation, refusal of unsafe content."""
 
+import dataclasses
 import io
 import json
 import pickle
@@ -126,6 +127,31 @@ def test_metadata_of_the_wrong_type_is_a_sample_error(field, value):
     for decode in (decode_sample, decode_targets):
         with pytest.raises(SampleError, match=f"clip_1234abcd-0003: metadata .*{field}"):
             decode(members)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [({"frame_interval_s": None}, "schema_version 2 without frame_interval_s"),
+     ({"heads": {}}, "no teacher heads")],
+)  # fmt: skip
+def test_version_2_metadata_without_its_interval_or_heads_is_refused(change, problem):
+    """Only version 1 lacks the interval, and no sample lacks teachers: on writing, the pipeline's
+    bug; on reading, a sample the trainer cannot align or train on."""
+    members = encode_sample(make_sample())
+    raw = json.loads(members["json"])
+    raw.update(change)
+    members["json"] = json.dumps(raw).encode()
+    if not raw["heads"]:
+        del members["objects.npy"]
+    for decode in (decode_sample, decode_targets):
+        with pytest.raises(SampleError, match=f"clip_1234abcd-0003: {problem}"):
+            decode(members)
+    bad = make_sample()
+    bad.metadata = dataclasses.replace(bad.metadata, **change)
+    if not change.get("heads", True):
+        bad.probs = {}
+    with pytest.raises(SampleError, match=problem):
+        encode_sample(bad)
 
 
 @pytest.mark.parametrize("cut", [0, 20, 140])  # empty, in the header, in the data
