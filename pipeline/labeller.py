@@ -52,17 +52,23 @@ class FrameLabeller(Generic[V]):
         """Queue a video's frames; yields the videos (earlier ones included) now done."""
         entry: Labelled[V] = Labelled(video, uri)
         self.videos.append(entry)
+        decoding = iter(frames)
         try:
-            for frame in frames:
+            for frame in decoding:
                 entry._frames += 1
                 self.batch.append((entry, frame))
                 if len(self.batch) >= self.batch_size:
                     self._label()
                     yield from self._ready()
+                    if entry.error is not None:  # a teacher failed it: the rest goes undecoded
+                        break
         except InputError as err:
             self._fail(entry, err)
         except Exception as err:  # noqa: BLE001 - one bad input must never stop the run
             self._fail(entry, unexpected(uri, "decode_frames", err))
+        finally:
+            if hasattr(decoding, "close"):  # a generator: its decoder's files closed now
+                decoding.close()
         entry._all_in = True
         yield from self._ready()
 

@@ -127,6 +127,27 @@ def test_frames_stream_through_batches_that_span_videos_and_a_bad_video_is_isola
     assert any(len({f[0, 0, 0] for f in c}) > 1 for c in calls if c)  # batches span videos
 
 
+def test_a_video_a_teacher_fails_is_not_decoded_further():
+    """Once a batch holding its frames fails, a video's remaining frames are never decoded."""
+    pulled, closed = [0], []
+
+    def teachers(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("objects teacher: cannot label this")
+
+    def frames(count: int):
+        try:
+            for _ in range(count):
+                pulled[0] += 1
+                yield np.zeros((2, 2, 3), np.uint8)
+        finally:
+            closed.append(True)
+
+    labeller = FrameLabeller(teachers, batch_size=4)
+    (failed,) = [*labeller.push("long", "long.mp4", frames(1000)), *labeller.finish()]
+    assert failed.error.stage == "teacher" and "long.mp4" in failed.error.message
+    assert pulled[0] == 4 and closed == [True]  # one batch of 1000 frames, and the decoder shut
+
+
 def test_time_in_slow_teachers_does_not_count_against_the_decode_timeout(tmp_path):
     """The frames decoder waits while the teachers label each batch; only its own decoding
     counts against --decode-timeout (a video of slow CPU teachers was failed as timed out)."""
