@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         with beam.Pipeline(runner=runner_for(options), options=options) as p:
             p | "Shards" >> WriteShardTasks(pending, settings)
         remove_pending(output)
+        files.remove_temporaries(output)  # a worker killed in the job (its task redone) left them
     beam_seconds = time.time() - beam_started
 
     # Record: the merged tables, run.json, a summary
