@@ -4,6 +4,7 @@ RunInference handler in a real DirectRunner pipeline."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import pickle
@@ -119,12 +120,26 @@ def test_imagenet_metadata(lite0):
     assert not lite0.model.training
 
 
+def test_the_teacher_runs_channels_last_and_agrees_with_the_default_layout(lite0, photos):
+    """build_teacher lays every convolution out channels-last (the fast layout on the CPU, and
+    the frames' own); its probabilities are the default layout's up to float rounding."""
+    kernels = [p for p in lite0.model.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    default_layout = copy.deepcopy(lite0.model).to(memory_format=torch.contiguous_format)
+    assert not default_layout._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = default_layout(preprocess(photos).contiguous()).softmax(dim=1).numpy()
+    rows = teacher_probabilities(list(photos), lite0.model, "cpu")
+    np.testing.assert_allclose(np.stack(rows), expected, atol=1e-5)
+
+
 def test_preprocess_normalises_like_imagenet(photos):
     x = preprocess(photos)
     assert x.shape == (2, 3, 224, 224) and x.dtype == torch.float32
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     expected = ((photos / 255.0 - mean) / std).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-5)
+    assert x.is_contiguous(memory_format=torch.channels_last)  # the teachers' layout
     read_only = photos.copy()
     read_only.flags.writeable = False  # as some decoders return them
     assert torch.equal(preprocess(read_only), x)

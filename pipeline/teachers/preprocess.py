@@ -29,7 +29,9 @@ def torch_device(device: str | torch.device) -> torch.device:
 def preprocess(frames: np.ndarray, device: str | torch.device | None = None) -> torch.Tensor:
     """uint8 RGB frames [N,224,224,3] (resized and centre-cropped) -> normalised [N,3,224,224].
 
-    Frames go to `device` while still uint8, so a GPU receives a quarter of the bytes.
+    Frames go to `device` while still uint8, so a GPU receives a quarter of the bytes. The
+    result stays channels-last in memory, as the frames come (no transposing copy), which is
+    the layout the teachers' convolutions run in (build_teacher).
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (224, 224, 3):
         raise ValueError(
@@ -43,7 +45,7 @@ def preprocess(frames: np.ndarray, device: str | torch.device | None = None) -> 
     x = x.permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).contiguous()
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
 def teacher_probabilities(
