@@ -95,5 +95,5 @@ def build_teacher(info: TeacherInfo, device: str | torch.device = "cpu") -> torc
         ) from None
     model.requires_grad_(False)
     # channels-last: oneDNN's and cuDNN's fast convolution layout, and the frames' own (NHWC);
-    # EfficientNet-Lite0 here: 1.3-1.4x the frames/s of the default layout (bench/teachers.py)
+    # EfficientNet-Lite0 here: 1.1-1.4x the default layout's frames/s, batch 1 to 16 (bench/teachers.py)
     return model.eval().to(device, memory_format=torch.channels_last)
